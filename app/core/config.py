@@ -1,0 +1,33 @@
+"""All runtime settings, read from the environment (or a .env file) in one place."""
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    weights_dir: Path = Field(PROJECT_ROOT / "weights", description="checkpoints and manifest.json")
+    data_dir: Path = Field(PROJECT_ROOT / "var", description="runtime data written by the server")
+
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest decoded image (width x height)")
+    max_batch_items: int = Field(64, ge=1, description="most inputs in one batch request")
+    max_text_chars: int = Field(5000, ge=1, description="longest text accepted for sentiment")
+
+    batch_max_size: int = Field(32, ge=1, description="most inputs per forward pass; 1 turns batching off")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    decode_concurrency: int = Field(4, ge=1, description="inputs decoded at once across all requests; bounds "
+                                    "the memory that many large images can take")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

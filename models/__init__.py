@@ -1,0 +1,1 @@
+"""Network definitions shared by the training scripts and the server."""

@@ -1,0 +1,1 @@
+"""Offline training scripts: python -m training.digits | training.objects | training.sentiment."""
