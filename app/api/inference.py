@@ -1,0 +1,85 @@
+"""What every predict route shares: reading the body, decoding off the event loop, batching, answering."""
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from app.core.config import Settings
+from app.core.errors import APIError, UnsupportedMediaType
+from app.api.schemas import OneOrMany
+from app.core.registry import ServedModel
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+
+
+@dataclass
+class Inputs:
+    """The raw inputs of one request and the body field they came from, for error messages."""
+
+    items: list[Any]
+    field: str
+    is_batch: bool
+
+    def named(self, index: int, error: APIError) -> APIError:
+        """In a batch, the error names the input at fault: "images[3]: ..."."""
+        if not self.is_batch:
+            return error
+        return APIError(f"{self.field}[{index}]: {error.detail}", error.status_code, error.headers)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def unsupported(content_type: str, accepted: str) -> UnsupportedMediaType:
+    shown = f"'{content_type}'" if content_type else "(none)"
+    return UnsupportedMediaType(f"unsupported content type {shown}; send {accepted}")
+
+
+def validation_context(settings: Settings) -> dict:
+    return {"max_batch_items": settings.max_batch_items, "max_text_chars": settings.max_text_chars}
+
+
+def parse_body(model: type[PayloadT], data: bytes | dict, settings: Settings) -> PayloadT:
+    """Validate a JSON body (bytes) or an already-built dict; errors become 422 with body locations."""
+    try:
+        if isinstance(data, bytes):
+            return model.model_validate_json(data, context=validation_context(settings))
+        return model.model_validate(data, context=validation_context(settings))
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
+                                      for error in exc.errors(include_url=False)]) from None
+
+
+def payload_inputs(payload: OneOrMany) -> Inputs:
+    field = payload.batch_field if payload.is_batch else payload.single_field
+    return Inputs(payload.inputs, field, payload.is_batch)
+
+
+async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any], Any], top_k: int,
+                      limiter: anyio.CapacityLimiter) -> dict:
+    """Decode every input in worker threads, run them through the model's batcher, encode the answers."""
+    decoded = await _gather_named(inputs, [anyio.to_thread.run_sync(decode, raw, limiter=limiter)
+                                           for raw in inputs.items])
+    # Each item is submitted separately so it can share a forward pass with other requests' items.
+    probabilities = await asyncio.gather(*(served.predict(item) for item in decoded))
+    results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
+    if inputs.is_batch:
+        return {"model": served.handler.name, "results": results}
+    return {"model": served.handler.name, **results[0]}
+
+
+async def _gather_named(inputs: Inputs, awaitables: list) -> list:
+    """Await all; the first failing input (by index) fails the request, its error naming the input."""
+    outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, APIError):
+            raise inputs.named(index, outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes

@@ -1,0 +1,17 @@
+"""What is being served: the manifest's models with their metrics and provenance."""
+from fastapi import APIRouter
+
+from app.api.deps import RegistryDep
+from app.api.schemas import ModelInfo, ModelList, error_responses
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=ModelList, summary="Every model served")
+async def list_models(registry: RegistryDep) -> dict:
+    return {"models": [registry.describe(name) for name in registry.handlers]}
+
+
+@router.get("/{name}", response_model=ModelInfo, summary="One model", responses=error_responses(404))
+async def get_model(name: str, registry: RegistryDep) -> dict:
+    return registry.describe(name)

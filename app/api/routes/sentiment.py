@@ -1,0 +1,67 @@
+"""Sentence sentiment route."""
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
+from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
+from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPayload, error_responses
+from app.core.config import Settings
+from app.core.errors import BadInput, UnsupportedMediaType
+from app.core.registry import ServedModel
+
+TASK = "sentiment"
+ACCEPTED = "application/json ({\"text\": ...} or {\"texts\": [...]}) or text/plain"
+
+TEXT_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": TextPayload.model_json_schema()},
+        "text/plain": {"schema": {"type": "string", "description": "one text, UTF-8"}},
+    },
+}
+
+router = APIRouter(prefix=f"/v1/{TASK}", tags=[TASK])
+
+
+@router.post(
+    "/predict", response_model=PredictionResponse | BatchPredictionResponse,
+    summary="Classify the sentiment of English text",
+    description="Send JSON `{\"text\": ...}` or `{\"texts\": [...]}`, or one text as text/plain; "
+                "labels are `negative` and `positive`.",
+    openapi_extra={"requestBody": TEXT_REQUEST_BODY},
+    responses=error_responses(400, 404, 413, 415, 422, 503),
+)
+async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
+                  served: Annotated[ServedModel, Depends(served_model_for(TASK))],
+                  top_k: TopKQuery = None) -> dict:
+    top_k = checked_top_k(served, top_k)
+    inputs = await read_text_inputs(request, settings)
+    return await predict_all(served, inputs, served.handler.decode_request, top_k, limiter)
+
+
+async def read_text_inputs(request: Request, settings: Settings) -> Inputs:
+    content_type = media_type(request)
+    if content_type == "application/json":
+        return payload_inputs(parse_body(TextPayload, await request.body(), settings))
+    if content_type == "text/plain":
+        text = _decode_text(await request.body(), _charset(request))
+        return payload_inputs(parse_body(TextPayload, {"text": text}, settings))
+    raise unsupported(content_type, ACCEPTED)
+
+
+def _charset(request: Request) -> str:
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip('"') or "utf-8"
+    return "utf-8"
+
+
+def _decode_text(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except LookupError:
+        raise UnsupportedMediaType(f"unknown charset '{charset}'; send UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"body is not valid {charset} text ({exc.reason} at byte {exc.start})") from None

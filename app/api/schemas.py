@@ -1,0 +1,152 @@
+"""Request and response bodies. Limits that come from Settings arrive through the validation context."""
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _check_batch_size(items: list, info: ValidationInfo) -> list:
+    limit = (info.context or {}).get("max_batch_items")
+    if limit is not None and len(items) > limit:
+        raise PydanticCustomError("too_long", "List should have at most {max_length} items, not {actual_length}",
+                                  {"max_length": limit, "actual_length": len(items)})
+    return items
+
+
+def _check_text(text: str, info: ValidationInfo) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank_text", "Text is empty or only whitespace")
+    limit = (info.context or {}).get("max_text_chars")
+    if limit is not None and len(text) > limit:
+        raise PydanticCustomError("text_too_long", "Text is {length} characters; the limit is {limit} "
+                                  "(MAX_TEXT_CHARS)", {"length": len(text), "limit": limit})
+    return text
+
+
+ValidText = Annotated[str, AfterValidator(_check_text)]
+
+
+class OneOrMany(BaseModel):
+    """A body carrying either one input (`single_field`) or a list of them (`batch_field`), never both."""
+
+    single_field: ClassVar[str]
+    batch_field: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [name for name in (self.single_field, self.batch_field) if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("one_of", "Send exactly one of '{single}' or '{batch}'",
+                                      {"single": self.single_field, "batch": self.batch_field})
+        return self
+
+    @property
+    def is_batch(self) -> bool:
+        return getattr(self, self.batch_field) is not None
+
+    @property
+    def inputs(self) -> list:
+        return getattr(self, self.batch_field) if self.is_batch else [getattr(self, self.single_field)]
+
+
+class ImagePayload(OneOrMany):
+    single_field = "image"
+    batch_field = "images"
+
+    image: str | None = Field(None, description="one image: base64 or a data: URL",
+                              examples=["data:image/png;base64,iVBORw0KGgo..."])
+    images: Annotated[list[str], AfterValidator(_check_batch_size)] | None = Field(
+        None, min_length=1, description="1 to MAX_BATCH_ITEMS (64) images, each like `image`")
+
+
+class TextPayload(OneOrMany):
+    single_field = "text"
+    batch_field = "texts"
+
+    text: ValidText | None = Field(None, description="one sentence or paragraph, at most MAX_TEXT_CHARS (5000)",
+                                   examples=["a gripping, beautifully shot film"])
+    texts: Annotated[list[ValidText], AfterValidator(_check_batch_size)] | None = Field(
+        None, min_length=1, description="1 to MAX_BATCH_ITEMS (64) texts, each like `text`")
+
+
+class ScoredLabel(BaseModel):
+    label: str
+    score: float = Field(description="probability, rounded to 6 decimals")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most likely class")
+    score: float
+    top: list[ScoredLabel] = Field(description="the top_k classes, most likely first")
+
+
+class PredictionResponse(BaseModel):
+    model: str
+    label: str = Field(description="the most likely class")
+    score: float
+    top: list[ScoredLabel] = Field(description="the top_k classes, most likely first")
+
+
+class BatchPredictionResponse(BaseModel):
+    model: str
+    results: list[Prediction] = Field(description="one per input, in order")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    architecture: str
+    input_kind: str
+    device: str
+    loaded: bool
+    default: bool
+    classes: list[str]
+    parameters: int | None
+    sha256: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    trained_at: str | None
+    torch_version: str | None
+    training_time_s: float | None
+    trained_on: str | None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    device: str
+    models: list[str] = Field(description="models loaded so far")
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: str = Field(examples=["query top_k: Input should be less than or equal to 10"])
+    errors: list[dict[str, Any]]
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "undecodable input (truncated image, bad base64, text not UTF-8)",
+    404: "unknown model or a model of another task",
+    413: "body over MAX_UPLOAD_BYTES or image over MAX_IMAGE_PIXELS",
+    415: "wrong Content-Type or a file that is not a supported image",
+    422: "invalid query or body",
+    503: "models still loading, or loading failed",
+}
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    """OpenAPI `responses` for the error statuses a route can answer."""
+    return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody,
+                   "description": _ERROR_DESCRIPTIONS[code]} for code in codes}

@@ -1,0 +1,101 @@
+"""Startup checks: device resolution, the weights manifest and sha256 verification.
+
+Everything here raises StartupError with a message that names the setting or file at fault,
+so a misconfigured server refuses to start instead of serving wrong answers.
+"""
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+MANIFEST_NAME = "manifest.json"
+REQUIRED_ENTRY_FIELDS = ("task", "architecture", "file", "sha256", "classes")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start with this configuration; the message says what to fix."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a usable torch.device."""
+    name = spec.strip().lower()
+    if not _DEVICE_PATTERN.match(name):
+        raise StartupError(f"DEVICE={spec!r} is not valid; use auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        _check_cuda(spec, device)
+    return device
+
+
+def _check_cuda(spec: str, device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise StartupError(f"DEVICE={spec} but CUDA is not available on this machine; use DEVICE=cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise StartupError(f"DEVICE={spec} but only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(weights_dir: Path) -> dict[str, dict]:
+    """The manifest's models by name, each entry completed with its `name`; validated for shape only."""
+    path = weights_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise StartupError(f"{path}: manifest not found; train the models (make train) or set WEIGHTS_DIR")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StartupError(f"{path}: unreadable manifest ({exc})") from exc
+    models = manifest.get("models") if isinstance(manifest, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise StartupError(f"{path}: expected an object {{\"models\": {{name: entry, ...}}}} with at least one model")
+    return {name: _checked_entry(path, name, entry) for name, entry in models.items()}
+
+
+def _checked_entry(manifest_path: Path, name: str, entry: object) -> dict:
+    where = f"{manifest_path}: model '{name}'"
+    if not isinstance(entry, dict):
+        raise StartupError(f"{where}: entry must be an object")
+    missing = [field for field in REQUIRED_ENTRY_FIELDS if field not in entry]
+    if missing:
+        raise StartupError(f"{where}: missing field(s) {', '.join(missing)}")
+    classes = entry["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise StartupError(f"{where}: 'classes' must be a non-empty list of strings")
+    if not isinstance(entry.get("config", {}), dict):
+        raise StartupError(f"{where}: 'config' must be an object of constructor arguments")
+    if entry.get("name", name) != name:
+        raise StartupError(f"{where}: its 'name' field says {entry['name']!r}")
+    return {**entry, "name": name, "config": entry.get("config", {}), "default": bool(entry.get("default", False))}
+
+
+def verify_weights(weights_dir: Path, entries: dict[str, dict]) -> None:
+    """Every listed file exists and matches its sha256."""
+    for entry in entries.values():
+        path = weights_dir / entry["file"]
+        if not path.is_file():
+            raise StartupError(f"{path}: file listed in the manifest for '{entry['name']}' is missing; "
+                               "re-train or restore the file")
+        actual = sha256_of(path)
+        expected = str(entry["sha256"]).lower()
+        if actual != expected:
+            raise StartupError(f"{path}: sha256 mismatch (expected {expected[:12]}.., got {actual[:12]}..); "
+                               "re-train or restore the file")
+
+
+def load_state_dict(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for bad files
+        raise StartupError(f"{path}: cannot be loaded as a state_dict ({exc})") from exc

@@ -1,0 +1,103 @@
+"""The handler interface every model family implements, and what classifiers share."""
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from app.core.config import Settings
+from app.core.loading import StartupError, load_state_dict
+from app.preprocessing.images import open_image
+
+SCORE_DECIMALS = 6
+MAX_REASON_CHARS = 300
+
+
+class ModelHandler(ABC):
+    """One manifest entry: builds its network, decodes one input, predicts a batch, encodes one answer."""
+
+    task: ClassVar[str]
+    input_kind: ClassVar[str]  # "image" | "text"
+    architectures: ClassVar[dict[str, type[nn.Module]]] = {}
+
+    def __init__(self, entry: dict, weights_dir: Path, settings: Settings):
+        self.entry = entry
+        self.name: str = entry["name"]
+        self.classes: list[str] = entry["classes"]
+        self.weights_path = weights_dir / entry["file"]
+        self.settings = settings
+        self.device: torch.device | None = None
+        self.model: nn.Module | None = None
+
+    @property
+    def parameters(self) -> int | None:
+        if self.model is None:
+            return self.entry.get("parameters")
+        return sum(p.numel() for p in self.model.parameters())
+
+    def setup(self, device: torch.device) -> None:
+        """Build the network from the manifest entry, load its weights, move it to `device`, check it runs."""
+        try:
+            model = self.architectures[self.entry["architecture"]](**self.entry["config"])
+            model.load_state_dict(load_state_dict(self.weights_path))
+        except StartupError:
+            raise
+        except Exception as exc:  # wrong config or a state_dict from another architecture
+            reason = str(exc).replace("\n", " ")[:MAX_REASON_CHARS]  # torch lists every mismatched key
+            raise StartupError(f"{self.weights_path}: does not fit {self.entry['architecture']}"
+                               f"({self.entry['config']}): {reason}") from exc
+        self.model = model.to(device).eval()
+        self.device = device
+        self._check_output_width()
+
+    def _check_output_width(self) -> None:
+        """One warm-up pass, which also proves the network has one output per manifest class."""
+        probs = self.predict([self.sample_input()])
+        if probs.shape != (1, len(self.classes)):
+            raise StartupError(f"{self.weights_path}: the network gives {tuple(probs.shape)} outputs for one input "
+                               f"but the manifest lists {len(self.classes)} classes")
+
+    @abstractmethod
+    def sample_input(self) -> Any:
+        """A decoded input of the right shape, for the warm-up pass."""
+
+    @abstractmethod
+    def decode_request(self, raw: Any) -> Any:
+        """One raw input (image bytes | text) -> one preprocessed CPU item; raises APIError."""
+
+    @abstractmethod
+    def forward(self, batch: list[Any]) -> torch.Tensor:
+        """Logits (N, C) for a list of decoded items."""
+
+    def predict(self, batch: list[Any]) -> torch.Tensor:
+        """Probabilities (N, C) on the CPU."""
+        with torch.inference_mode():
+            return torch.softmax(self.forward(batch).float(), dim=1).cpu()
+
+    def encode_response(self, probs: torch.Tensor, top_k: int) -> dict:
+        scores, indices = torch.topk(probs, k=min(top_k, len(self.classes)))
+        top = [{"label": self.classes[i], "score": round(s, SCORE_DECIMALS)}
+               for s, i in zip(scores.tolist(), indices.tolist())]
+        return {"label": top[0]["label"], "score": top[0]["score"], "top": top}
+
+
+class ImageClassifierHandler(ModelHandler):
+    """Classifiers whose input is one image file, turned into a fixed-size tensor by `to_tensor`."""
+
+    input_kind = "image"
+    input_shape: ClassVar[tuple[int, ...]]
+
+    @staticmethod
+    @abstractmethod
+    def to_tensor(image) -> torch.Tensor:
+        """A PIL image -> the network's normalised input tensor."""
+
+    def sample_input(self) -> torch.Tensor:
+        return torch.zeros(self.input_shape)
+
+    def decode_request(self, raw: bytes) -> torch.Tensor:
+        return self.to_tensor(open_image(raw, self.settings.max_image_pixels))
+
+    def forward(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        return self.model(torch.stack(batch).to(self.device, non_blocking=True))

@@ -1,0 +1,11 @@
+"""Handwritten digits (MNIST-style, 28x28 grey)."""
+from app.handlers.base import ImageClassifierHandler
+from app.preprocessing.images import digit_tensor
+from models.digits import DigitsCNN, DigitsMLP
+
+
+class DigitsHandler(ImageClassifierHandler):
+    task = "digits"
+    architectures = {"DigitsMLP": DigitsMLP, "DigitsCNN": DigitsCNN}
+    input_shape = (1, 28, 28)
+    to_tensor = staticmethod(digit_tensor)

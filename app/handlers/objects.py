@@ -1,0 +1,11 @@
+"""Everyday objects (CIFAR-10, 32x32 RGB)."""
+from app.handlers.base import ImageClassifierHandler
+from app.preprocessing.images import object_tensor
+from models.objects import ObjectsResNet
+
+
+class ObjectsHandler(ImageClassifierHandler):
+    task = "objects"
+    architectures = {"ObjectsResNet": ObjectsResNet}
+    input_shape = (3, 32, 32)
+    to_tensor = staticmethod(object_tensor)

@@ -1,0 +1,83 @@
+"""The FastAPI application: create_app() wires settings, routers, middleware and the model lifespan."""
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import anyio
+import torch
+from fastapi import FastAPI
+
+from app.api.error_handlers import install_error_handlers
+from app.api.routes import health, models, sentiment
+from app.api.routes.images import image_router
+from app.core.config import Settings
+from app.core.limits import BodySizeLimitMiddleware
+from app.core.loading import StartupError, resolve_device
+from app.core.registry import ModelRegistry
+
+logger = logging.getLogger("app")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    registry = prepare_registry(settings)
+    app.state.registry = registry
+    app.state.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
+    # Weights load in the background so /healthz answers at once and /readyz reports progress.
+    loading = asyncio.create_task(registry.load(), name="load-models")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        with suppress(asyncio.CancelledError):
+            await loading
+        await registry.close()
+
+
+def prepare_registry(settings: Settings) -> ModelRegistry:
+    """Everything that must hold before serving (device, manifest, checksums); raises StartupError."""
+    try:
+        device = resolve_device(settings.device)
+        registry = ModelRegistry.from_settings(settings, device)
+    except StartupError as exc:
+        logger.error("refusing to start: %s", exc)
+        raise
+    logger.info("serving %d models from %s on %s", len(registry.handlers), settings.weights_dir, device)
+    return registry
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    _configure_logging(settings)
+    app = FastAPI(
+        title="Model server",
+        summary="Handwritten digits, CIFAR-10 objects and sentence sentiment with PyTorch",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(image_router("digits", "a handwritten digit"))
+    app.include_router(image_router("objects", "a photo of an everyday object (CIFAR-10 classes)"))
+    app.include_router(sentiment.router)
+    return app
+
+
+def _configure_logging(settings: Settings) -> None:
+    """Give the app's loggers a handler when nobody configured logging (plain uvicorn)."""
+    app_logger = logging.getLogger("app")
+    app_logger.setLevel(settings.log_level.upper())
+    if not logging.getLogger().handlers and not app_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        app_logger.addHandler(handler)
+
+
+app = create_app()

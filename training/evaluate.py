@@ -1,0 +1,84 @@
+"""Re-measure the committed weights on the held-out sets shipped in data/heldout/.
+
+    python -m training.evaluate                 # every model in the manifest
+    python -m training.evaluate digits-cnn --update-manifest
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.digits import DigitsCNN, DigitsMLP
+from models.objects import ObjectsResNet
+from models.sentiment import SentimentLSTM, pad_batch, tokenize
+from training import digits, objects
+from training.common import HELDOUT_DIR, WEIGHTS_DIR, pick_device, update_manifest
+from training.data import load_heldout
+
+ARCHITECTURES = {"DigitsMLP": DigitsMLP, "DigitsCNN": DigitsCNN, "ObjectsResNet": ObjectsResNet,
+                 "SentimentLSTM": SentimentLSTM}
+
+
+def load_model(entry: dict, weights_dir: Path, device: torch.device) -> torch.nn.Module:
+    model = ARCHITECTURES[entry["architecture"]](**entry["config"])
+    model.load_state_dict(torch.load(weights_dir / entry["file"], map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def image_accuracy(model, x: torch.Tensor, y: np.ndarray, device, batch_size: int = 500) -> float:
+    predictions = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return float((torch.cat(predictions).numpy() == y).mean())
+
+
+@torch.inference_mode()
+def text_accuracy(model: SentimentLSTM, texts, y: np.ndarray, device, batch_size: int = 256) -> float:
+    predictions = []
+    for i in range(0, len(texts), batch_size):
+        ids, lengths = pad_batch([model.encode(tokenize(str(t))) for t in texts[i:i + batch_size]])
+        predictions.append(model(ids.to(device), lengths).argmax(1).cpu())
+    return float((torch.cat(predictions).numpy() == y).mean())
+
+
+def measure(entry: dict, weights_dir: Path = WEIGHTS_DIR, heldout_dir: Path = HELDOUT_DIR,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """Accuracy of one manifest entry on its held-out set, in the manifest's metrics format."""
+    model = load_model(entry, weights_dir, device)
+    if entry["task"] == "digits":
+        data = load_heldout(heldout_dir, "mnist-test")
+        accuracy = image_accuracy(model, digits.to_tensor(data["x"], "cpu"), data["y"], device)
+    elif entry["task"] == "objects":
+        data = load_heldout(heldout_dir, "cifar-test")
+        accuracy = image_accuracy(model, objects.to_tensor(data["x"], "cpu"), data["y"], device)
+    elif entry["task"] == "sentiment":
+        data = load_heldout(heldout_dir, "sst2-dev")
+        accuracy = text_accuracy(model, data["texts"], data["y"], device)
+    else:
+        raise ValueError(f"no held-out set for task {entry['task']!r}")
+    return {**entry["metrics"], "size": len(data["y"]), "accuracy": round(accuracy, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="model names (default: all)")
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--heldout-dir", type=Path, default=HELDOUT_DIR)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--update-manifest", action="store_true", help="write the measured metrics back")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    manifest = json.loads((args.weights_dir / "manifest.json").read_text())
+    for name, entry in manifest["models"].items():
+        if args.models and name not in args.models:
+            continue
+        metrics = measure(entry, args.weights_dir, args.heldout_dir, device)
+        print(f"{name:16s} {metrics['dataset']} {metrics['split']} ({metrics['size']}): "
+              f"accuracy {metrics['accuracy']:.4f} (manifest {entry['metrics']['accuracy']:.4f}) on {device}")
+        if args.update_manifest:
+            update_manifest(args.weights_dir, {**entry, "metrics": metrics})
+
+
+if __name__ == "__main__":
+    main()
