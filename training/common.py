@@ -141,3 +141,9 @@ def plot_curve(history: dict[str, list[float]], path: Path, title: str) -> str:
 def progress(iterable, desc: str, disable: bool):
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, leave=False, disable=disable, dynamic_ncols=True)
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, warmup: float = 0.3):
+    """One-cycle schedule; the warm-up keeps at least two steps so tiny runs (smoke tests) work too."""
+    warmup = min(max(warmup, 2.0 / total_steps), 0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=warmup)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.digits import DIGIT_CLASSES, MNIST_MEAN, MNIST_STD, DigitsCNN, DigitsMLP
-from training.common import (Timer, base_parser, device_description, pick_device, save_model,
+from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
                              seed_everything)
 from training.data import load_mnist
 from training.loop import evaluate, log_epoch, tensor_batches, train_epoch
@@ -62,7 +62,7 @@ def train_one(kind: str, args, data, device) -> None:
     augment = random_affine(args.augment) if kind == "cnn" and args.augment > 0 else None
     steps = epochs * ((len(x_train) + args.batch_size - 1) // args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4 if kind == "cnn" else 0.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps)
+    scheduler = one_cycle(optimizer, args.lr, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1 if kind == "cnn" else 0.0)
 
     print(f"== {spec['name']}: {epochs} epochs on {len(x_train)} images, {device_description(device)}")

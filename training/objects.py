@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.objects import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, ObjectsResNet
-from training.common import (Timer, base_parser, device_description, pick_device, save_model,
+from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
                              seed_everything)
 from training.data import load_cifar_subset
 from training.loop import evaluate, log_epoch, tensor_batches, train_epoch
@@ -74,7 +74,7 @@ def main() -> None:
     steps = args.epochs * ((len(x_train) + args.batch_size - 1) // args.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    scheduler = one_cycle(optimizer, args.lr, steps, warmup=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     print(f"== {args.name}: {args.epochs} epochs on {len(x_train)} images, {device_description(device)}")

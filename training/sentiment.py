@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM, pad_batch, tokenize
-from training.common import (Timer, base_parser, device_description, pick_device, save_model,
+from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
                              seed_everything)
 from training.data import load_sst2
 from training.loop import evaluate, log_epoch, train_epoch
@@ -100,7 +100,7 @@ def main() -> None:
     y_train, y_dev = torch.from_numpy(train_labels), torch.from_numpy(dev_labels)
     steps = args.epochs * ((len(train_ids) + args.batch_size - 1) // args.batch_size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    scheduler = one_cycle(optimizer, args.lr, steps, warmup=0.1)
     loss_fn = nn.CrossEntropyLoss()
 
     print(f"== sentiment-lstm: {args.epochs} epochs on {len(train_ids)} phrases, {device_description(device)}")
