@@ -20,8 +20,8 @@ import re
 import warnings
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
@@ -433,7 +433,10 @@ def object_tensor(img: Image.Image) -> torch.Tensor:
 
 def normalise_cifar_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> (3, H, W), or (N, H, W, 3) -> (N, 3, H, W): /255 then CIFAR mean/std (shared with training)."""
-    t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3) or (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    t = torch.from_numpy(arr.copy())  # a writable copy (PIL's arrays are read-only)
     t = t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
     return ((t / 255 - _CIFAR_MEAN) / _CIFAR_STD).contiguous()
 
