@@ -471,3 +471,29 @@ def test_served_sentiment_accuracy_matches_the_manifest(real_client):
     accuracy, model = served_accuracy(real_client, "sentiment", "texts", [str(t) for t in data["texts"]], data["y"],
                                       ["negative", "positive"])
     assert accuracy >= manifest_accuracy(real_client, model) - 0.06, accuracy
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_only_small_images_are_decoded_on_the_event_loop(client):
+    handler = client.app.state.registry.for_task("digits", None).handler
+    limit = client.app.state.settings.inline_decode_pixels
+    assert handler.decodes_inline(png_of_size(28, 28))
+    assert handler.decodes_inline(png_of_size(256, 256)) == (256 * 256 <= limit)
+    assert not handler.decodes_inline(png_of_size(1000, 1000))  # worker thread: may take milliseconds
+    assert not handler.decodes_inline(b"not an image")  # unknown size: the thread pays for the error path
+    assert not handler.decodes_inline(base64.b64encode(png_of_size(28, 28)).decode())
+
+
+def test_a_large_image_decoded_in_a_worker_thread_is_classified(client):
+    canvas = Image.new("L", (1200, 900), 255)
+    canvas.paste(Image.new("L", (60, 400), 0), (500, 250))  # a thick "1"
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    response = client.post("/v1/digits/predict", files={"file": ("one.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["top"]) == 3

@@ -63,9 +63,13 @@ def payload_inputs(payload: OneOrMany) -> Inputs:
 
 async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any], Any], top_k: int,
                       limiter: anyio.CapacityLimiter) -> dict:
-    """Decode every input in worker threads, run them through the model's batcher, encode the answers."""
-    decoded = await _gather_named(inputs, [anyio.to_thread.run_sync(decode, raw, limiter=limiter)
-                                           for raw in inputs.items])
+    """Decode every input (big images in worker threads), batch them through the model, encode the answers."""
+    async def decode_one(raw: Any) -> Any:
+        if served.handler.decodes_inline(raw):
+            return decode(raw)
+        return await anyio.to_thread.run_sync(decode, raw, limiter=limiter)
+
+    decoded = await _gather_named(inputs, [decode_one(raw) for raw in inputs.items])
     # Each item is submitted separately so it can share a forward pass with other requests' items.
     probabilities = await asyncio.gather(*(served.predict(item) for item in decoded))
     results = [served.handler.encode_response(probs, top_k) for probs in probabilities]

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     decode_concurrency: int = Field(4, ge=1, description="inputs decoded at once across all requests; bounds "
                                     "the memory that many large images can take")
+    inline_decode_pixels: int = Field(65_536, ge=0, description="images up to this many pixels are decoded on "
+                                      "the event loop (cheaper than a thread hop); larger ones in worker threads")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
 

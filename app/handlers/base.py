@@ -8,7 +8,7 @@ from torch import nn
 
 from app.core.config import Settings
 from app.core.loading import StartupError, load_state_dict
-from app.preprocessing.images import open_image
+from app.preprocessing.images import declared_pixels, open_image
 
 SCORE_DECIMALS = 6
 MAX_REASON_CHARS = 300
@@ -62,6 +62,10 @@ class ModelHandler(ABC):
     def sample_input(self) -> Any:
         """A decoded input of the right shape, for the warm-up pass."""
 
+    def decodes_inline(self, raw: Any) -> bool:
+        """Whether decoding `raw` is so cheap that a worker thread would cost more than it saves."""
+        return True
+
     @abstractmethod
     def decode_request(self, raw: Any) -> Any:
         """One raw input (image bytes | text) -> one preprocessed CPU item; raises APIError."""
@@ -95,6 +99,13 @@ class ImageClassifierHandler(ModelHandler):
 
     def sample_input(self) -> torch.Tensor:
         return torch.zeros(self.input_shape)
+
+    def decodes_inline(self, raw: bytes | str) -> bool:
+        # Small images (a canvas, a thumbnail) decode in well under a millisecond; big ones go to threads.
+        if not isinstance(raw, bytes):
+            return False
+        pixels = declared_pixels(raw)
+        return pixels is not None and pixels <= self.settings.inline_decode_pixels
 
     def decode_request(self, raw: bytes) -> torch.Tensor:
         return self.to_tensor(open_image(raw, self.settings.max_image_pixels))

@@ -125,6 +125,18 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (no pixels decoded); None when the header is unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # open_image reports what is wrong; here it only matters that the answer is unknown
+        return None
+    return width * height
+
+
 def _open_lazily(data: bytes, max_pixels: int) -> Image.Image:
     """Identify the file and read its header only (PIL's open is lazy)."""
     try:
