@@ -1,6 +1,5 @@
 """What every training script shares: flags, seeding, checkpoints, the manifest and curves."""
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from app.core.loading import sha256_of  # the server verifies checksums the same way
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -53,14 +54,6 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({os.cpu_count()} cores)"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def count_parameters(model: torch.nn.Module) -> int:
