@@ -9,12 +9,13 @@ import torch
 from fastapi import FastAPI
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import health, models, sentiment
+from app.api.routes import health, models, sentiment, style
 from app.api.routes.images import image_router
 from app.core.config import Settings
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.loading import StartupError, resolve_device
 from app.core.registry import ModelRegistry
+from app.style.service import StyleService
 
 logger = logging.getLogger("app")
 
@@ -29,12 +30,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
     # Weights load in the background so /healthz answers at once and /readyz reports progress.
     loading = asyncio.create_task(registry.load(), name="load-models")
+    style_service = None
     try:
+        if settings.style_jobs_enabled:
+            # Style jobs run in worker processes, spawned when the first job is queued (see app/style/service.py).
+            style_service = StyleService(settings, registry.device)
+            await style_service.start()
+            app.state.style_service = style_service
         yield
     finally:
         loading.cancel()
         with suppress(asyncio.CancelledError):
             await loading
+        if style_service is not None:
+            await style_service.stop()
         await registry.close()
 
 
@@ -67,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(image_router("digits", "a handwritten digit"))
     app.include_router(image_router("objects", "a photo of an everyday object (CIFAR-10 classes)"))
     app.include_router(sentiment.router)
+    if settings.style_jobs_enabled:
+        app.include_router(style.router)
     return app
 
 

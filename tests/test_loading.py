@@ -53,6 +53,17 @@ def test_corrupt_weights_refuse_to_start(weights_copy, tmp_path):
         start(weights_copy, tmp_path)
 
 
+def test_corrupt_asset_refuses_to_start(weights_copy, tmp_path):
+    vgg = weights_copy / "vgg.pth"
+    vgg.write_bytes(b"not the VGG weights")
+    manifest_path = weights_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["assets"] = {"vgg19-features": {"file": "vgg.pth", "sha256": "0" * 64}}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StartupError, match=r"vgg\.pth: sha256 mismatch"):
+        start(weights_copy, tmp_path)
+
+
 def test_missing_weights_file_refuses_to_start(weights_copy, tmp_path):
     (weights_copy / "objects-resnet.pt").unlink()
     with pytest.raises(StartupError, match=r"objects-resnet\.pt: file listed in the manifest .* is missing"):

@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
 
+    style_jobs_enabled: bool = Field(True, description="serve /v1/style (style-transfer jobs run by worker processes)")
+    job_workers: int = Field(1, ge=0, description="style-transfer worker processes, one job at a time each; "
+                             "0 queues jobs without running them")
+    max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
+    result_ttl: float = Field(86400, gt=0, description="seconds a finished style job (record, result) is kept")
+    style_vgg_weights: Path = Field(PROJECT_ROOT / "weights" / "vgg19_features_0-16.pth",
+                                    description="VGG-19 features state_dict for style transfer (the shipped "
+                                    "conv1_1..conv3_4 file, or a full VGG-19 features file)")
+
 
 @lru_cache
 def get_settings() -> Settings:

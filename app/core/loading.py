@@ -94,6 +94,13 @@ def verify_weights(weights_dir: Path, entries: dict[str, dict]) -> None:
                                "re-train or restore the file")
 
 
+def verify_assets(weights_dir: Path) -> None:
+    """Files the manifest lists under "assets" (the style-transfer VGG weights) exist and match their sha256."""
+    manifest = json.loads((weights_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assets = manifest.get("assets") or {}
+    verify_weights(weights_dir, {name: {**entry, "name": name} for name, entry in assets.items()})
+
+
 def load_state_dict(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

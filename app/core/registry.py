@@ -15,7 +15,7 @@ import app.handlers
 from app.core.batcher import BatcherStats, DynamicBatcher
 from app.core.config import Settings
 from app.core.errors import NotFound, ServiceUnavailable
-from app.core.loading import StartupError, read_manifest, verify_weights
+from app.core.loading import StartupError, read_manifest, verify_assets, verify_weights
 from app.handlers.base import ModelHandler
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class ModelRegistry:
         handlers = {name: _make_handler(entry, handler_classes, weights_dir, settings)
                     for name, entry in entries.items()}
         verify_weights(weights_dir, entries)
+        verify_assets(weights_dir)
         return cls(handlers, device, settings)
 
     @property

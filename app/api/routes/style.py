@@ -1,0 +1,469 @@
+"""Neural style transfer as background jobs: submit, watch (poll or server-sent events), fetch, cancel, delete.
+
+The optimisation runs in worker processes (app.style.worker), never on the event loop; this module only
+validates requests, reads and writes the job store, and streams files.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from app.api.deps import DecodeLimiterDep, SettingsDep
+from app.api.inference import media_type, unsupported
+from app.api.schemas import ErrorBody, ValidationErrorBody
+from app.core.errors import APIError, NotFound, ServiceUnavailable, Unprocessable
+from app.preprocessing.images import open_image
+from app.style import jobs as J
+from app.style.engine import MAX_STYLES, StyleParams
+from app.style.service import StyleService
+
+PREFIX = "/v1/style"
+SSE_POLL_S = 0.2  # how often an event stream looks at its job
+SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+OPTION_FIELDS = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
+                 "style_scale")
+LIST_FIELDS = ("style_weights", "content_layers", "style_layers")  # repeated or comma-separated
+FILE_FIELDS = ("content", "style")
+KNOWN_FIELDS = (*FILE_FIELDS, "style_preset", *OPTION_FIELDS, *LIST_FIELDS)
+ACCEPTED = "multipart/form-data with a 'content' image file and 'style' files and/or 'style_preset' names"
+
+router = APIRouter(prefix=PREFIX, tags=["style"])
+
+
+# --------------------------------------------------------------------------------------------- schemas
+
+class Progress(BaseModel):
+    step: int = Field(description="loss evaluations done")
+    total: int = Field(description="loss evaluations in all (= steps)")
+    fraction: float = Field(description="step / total, 0..1")
+
+
+class StyleJob(BaseModel):
+    id: str = Field(description="unguessable job id")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    queue_position: int | None = Field(description="1-based place in the queue while queued, else null")
+    progress: Progress
+    created_at: str = Field(description="ISO 8601 UTC")
+    started_at: str | None
+    finished_at: str | None
+    params: dict[str, Any] = Field(description="the resolved options (defaults filled in), and `styles`: the "
+                                   "style images in blend order ({\"preset\": name} or {\"upload\": filename})")
+    losses: dict[str, float] | None = Field(description="latest losses (content, style, tv, total)")
+    error: str | None = Field(description="why the job failed (status failed only)")
+    notice: str | None = Field(None, description="e.g. that the job was re-queued after the server stopped")
+    attempts: int = Field(description="times a worker started this job")
+    result_url: str | None = Field(description="the PNG, once succeeded")
+    preview_url: str | None = Field(description="the latest intermediate PNG, once there is one")
+    events_url: str
+
+
+class StyleJobList(BaseModel):
+    jobs: list[StyleJob] = Field(description="newest first")
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(description="the next page, null on the last")
+
+
+class Preset(BaseModel):
+    name: str
+    title: str
+    artist: str
+    year: Any
+    licence: str
+    image_url: str
+
+
+class PresetList(BaseModel):
+    presets: list[Preset]
+
+
+def _errors(*codes: int, **descriptions: str) -> dict[int, dict]:
+    texts = {400: "an image that cannot be decoded", 404: "unknown job or preset",
+             409: "the job is not in a state that has this (the detail names its status)",
+             410: "the job failed or was cancelled: it will never have a result",
+             413: "body over MAX_UPLOAD_BYTES or image over MAX_IMAGE_PIXELS",
+             415: "not multipart/form-data, or a file that is not a supported image",
+             422: "invalid options, unknown preset, no style", 429: "MAX_QUEUED_JOBS jobs are queued (Retry-After)",
+             503: "the server is starting"}
+    return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": texts[code]}
+            for code in codes}
+
+
+JOB_REQUEST_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["content"],
+        "properties": {
+            "content": {"type": "string", "format": "binary", "description": "the photo to stylise"},
+            "style": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "style image(s); repeat the field for a blend"},
+            "style_preset": {"type": "array", "items": {"type": "string"},
+                             "description": "preset name(s) from GET /v1/style/presets; repeatable"},
+            "style_weights": {"type": "string", "description": "blend weights, one per style in the order sent "
+                              "(uploads and presets as they appear in the form): '0.7,0.3' or repeated"},
+            **{name: {"type": "string", "description": (StyleParams.model_fields[name].description or "")}
+               for name in OPTION_FIELDS},
+        },
+    }}},
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def get_service(request: Request) -> StyleService:
+    service = getattr(request.app.state, "style_service", None)
+    if service is None:
+        raise ServiceUnavailable("the server is starting; retry shortly", headers={"Retry-After": "2"})
+    return service
+
+
+ServiceDep = Annotated[StyleService, Depends(get_service)]
+
+
+def _base(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + PREFIX
+
+
+def job_view(job: J.Job, base: str) -> dict:
+    url = f"{base}/jobs/{job.id}"
+    failed = job.status == J.FAILED
+    return {
+        "id": job.id, "status": job.status, "queue_position": job.queue_position,
+        "progress": {"step": job.step, "total": job.total, "fraction": job.fraction},
+        "created_at": J.iso(job.created_at), "started_at": J.iso(job.started_at),
+        "finished_at": J.iso(job.finished_at), "params": job.params, "losses": job.losses,
+        "error": job.error if failed else None, "notice": None if failed else job.error,
+        "attempts": job.attempts,
+        "result_url": f"{url}/result" if job.status == J.SUCCEEDED else None,
+        "preview_url": f"{url}/preview" if job.has_preview or job.status == J.SUCCEEDED else None,
+        "events_url": f"{url}/events",
+    }
+
+
+async def _store(service: StyleService, method: str, *args):
+    """Store calls run in a worker thread: SQLite may wait on a lock, the event loop must not."""
+    return await anyio.to_thread.run_sync(getattr(service.store, method), *args)
+
+
+async def _job_or_404(service: StyleService, job_id: str) -> J.Job:
+    job = await _store(service, "get", job_id)
+    if job is None:
+        raise NotFound(f"no style job {job_id!r} (unknown, deleted, or expired after RESULT_TTL)")
+    return job
+
+
+def _presets_module():
+    from app.style import presets  # the fixed table of paintings shipped in data/style/
+
+    return presets
+
+
+def _preset_names() -> list[str]:
+    return [p["name"] for p in _presets_module().list_presets()]
+
+
+def _invalid(field: str, message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message}])
+
+
+# --------------------------------------------------------------------------------------------- submit
+
+@router.post("/jobs", status_code=202, response_model=StyleJob, summary="Submit a style-transfer job",
+             description="multipart/form-data: `content` (image file), one or more `style` files and/or "
+                         "`style_preset` names (a blend when several; `style_weights` one per style, in form "
+                         "order), options as fields. Answers 202 with the job and its URL in `Location`.",
+             openapi_extra={"requestBody": JOB_REQUEST_BODY},
+             responses=_errors(400, 413, 415, 422, 429, 503))
+async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
+                     service: ServiceDep) -> JSONResponse:
+    content_type = media_type(request)
+    if content_type != "multipart/form-data":
+        raise unsupported(content_type, ACCEPTED)
+    async with request.form(max_files=MAX_STYLES + 1, max_fields=64) as form:
+        items = list(form.multi_items())
+        unknown = sorted({key for key, _ in items if key not in KNOWN_FIELDS})
+        if unknown:
+            raise _invalid(unknown[0], f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(KNOWN_FIELDS)}",
+                           "extra_forbidden")
+        content, styles = await _read_files(items)
+    params, options = _parse_options(items, styles, service)
+    queued = await _store(service, "count", J.QUEUED)
+    if queued >= settings.max_queued_jobs:
+        raise _queue_full(service, queued, settings.max_queued_jobs)
+
+    async def check(field: str, data: bytes) -> str:
+        try:
+            img = await anyio.to_thread.run_sync(open_image, data, settings.max_image_pixels, limiter=limiter)
+        except APIError as exc:
+            raise APIError(f"{field}: {exc.detail}", exc.status_code, exc.headers) from None
+        return (img.format or "img").lower()
+
+    content_ext = await check("content", content[1])
+    stored_styles = []
+    for index, style in enumerate(styles):
+        if "data" in style:
+            ext = await check(f"style[{index}]" if len(styles) > 1 else "style", style["data"])
+            stored_styles.append({"file": f"style_{index}.{ext}", "data": style["data"]})
+        else:
+            stored_styles.append(style)
+    try:
+        job = await anyio.to_thread.run_sync(
+            lambda: service.store.submit(params, params["steps"], (f"content.{content_ext}", content[1]),
+                                         stored_styles, settings.max_queued_jobs))
+    except J.QueueFull as exc:
+        raise _queue_full(service, exc.queued, exc.limit) from None
+    service.notify()
+    body = job_view(job, _base(request))
+    return JSONResponse(body, status_code=202, headers={"Location": f"{_base(request)}/jobs/{job.id}"})
+
+
+def _queue_full(service: StyleService, queued: int, limit: int) -> APIError:
+    return APIError(f"the style queue is full ({queued} jobs waiting, MAX_QUEUED_JOBS={limit}); retry later",
+                    429, {"Retry-After": str(service.retry_after_s())})
+
+
+async def _read_files(items: list[tuple[str, Any]]) -> tuple[tuple[str, bytes], list[dict]]:
+    """The content upload, and the styles (uploads and presets) in the order they appear in the form."""
+    content: tuple[str, bytes] | None = None
+    styles: list[dict] = []
+    presets = None
+    for key, value in items:
+        if key == "content":
+            if not isinstance(value, UploadFile):
+                raise _invalid("content", "must be a file (the photo to stylise), not a text field")
+            if content is not None:
+                raise _invalid("content", "send exactly one content image")
+            content = (value.filename or "content", await value.read())
+        elif key == "style":
+            if not isinstance(value, UploadFile):
+                raise _invalid("style", "must be an image file; to use a preset painting send its name as "
+                                        "'style_preset'")
+            styles.append({"data": await value.read(), "upload": value.filename or f"style_{len(styles)}"})
+        elif key == "style_preset":
+            if isinstance(value, UploadFile):
+                raise _invalid("style_preset", "must be a preset name, not a file; upload images as 'style'")
+            presets = presets if presets is not None else _preset_names()
+            for name in (n.strip() for n in value.split(",")):
+                if not name:
+                    continue
+                if name not in presets:
+                    raise _invalid("style_preset", f"unknown style preset {name!r}; available presets: "
+                                                   f"{', '.join(presets)}")
+                styles.append({"preset": name})
+    if content is None:
+        raise _invalid("content", "missing: send the photo to stylise as a file field named 'content'", "missing")
+    if not styles:
+        raise _invalid("style", "no style given: send at least one 'style' image file or 'style_preset' name "
+                                "(GET /v1/style/presets lists them)", "missing")
+    if len(styles) > MAX_STYLES:
+        raise _invalid("style", f"{len(styles)} styles given; at most {MAX_STYLES} can be blended", "too_long")
+    return content, styles
+
+
+def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: StyleService) -> tuple[dict, dict]:
+    """Form fields -> validated StyleParams -> the resolved params stored with the job."""
+    options: dict[str, Any] = {}
+    for key, value in items:
+        if key in FILE_FIELDS or key == "style_preset":
+            continue
+        if isinstance(value, UploadFile):
+            raise _invalid(key, "must be a text field, not a file")
+        value = value.strip()
+        if key in LIST_FIELDS:
+            options.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())
+        elif key in options:
+            raise _invalid(key, "given more than once")
+        elif value != "":
+            options[key] = value
+    try:
+        params = StyleParams.model_validate(options)
+        blend = params.blend(len(styles))
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
+    except ValueError as exc:
+        raise _invalid("style_weights", str(exc)) from None
+    resolved = params.model_dump()
+    resolved["size"] = params.output_size(service.device)
+    resolved["style_weights"] = [round(w, 6) for w in blend]
+    if resolved["seed"] is None:
+        resolved["seed"] = secrets.randbelow(2**31)  # recorded, so a job can be reproduced
+    for key in ("content_layers", "style_layers"):
+        if resolved[key] is None:
+            del resolved[key]
+    resolved["styles"] = [{"preset": s["preset"]} if "preset" in s else {"upload": s["upload"]} for s in styles]
+    return resolved, options
+
+
+# --------------------------------------------------------------------------------------------- read
+
+@router.get("/jobs", response_model=StyleJobList, summary="Recent style jobs, newest first",
+            responses=_errors(422, 503))
+async def list_jobs(request: Request, service: ServiceDep,
+                    limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+                    offset: Annotated[int, Query(ge=0, description="jobs to skip")] = 0) -> dict:
+    jobs, total = await _store(service, "list", limit, offset)
+    base = _base(request)
+    following = offset + len(jobs)
+    return {"jobs": [job_view(job, base) for job in jobs], "total": total, "limit": limit, "offset": offset,
+            "next": f"{base}/jobs?limit={limit}&offset={following}" if following < total else None}
+
+
+@router.get("/jobs/{job_id}", response_model=StyleJob, summary="One style job", responses=_errors(404, 503))
+async def get_job(job_id: str, request: Request, service: ServiceDep) -> dict:
+    return job_view(await _job_or_404(service, job_id), _base(request))
+
+
+async def _read_file(service: StyleService, job_id: str, name: str) -> bytes | None:
+    def read() -> bytes | None:
+        try:
+            return (service.store.job_dir(job_id) / name).read_bytes()
+        except (OSError, ValueError):
+            return None
+
+    return await anyio.to_thread.run_sync(read)
+
+
+def _png(data: bytes, cache: str) -> Response:
+    return Response(data, media_type="image/png", headers={"Cache-Control": cache})
+
+
+def _not_ready(job: J.Job, what: str) -> APIError:
+    if job.status == J.QUEUED:
+        return APIError(f"job {job.id} is queued (position {job.queue_position}); {what} is not ready yet", 409)
+    if job.status == J.RUNNING:
+        return APIError(f"job {job.id} is running (step {job.step} of {job.total}); {what} is not ready yet", 409)
+    why = f"failed: {job.error}" if job.status == J.FAILED else "was cancelled"
+    return APIError(f"job {job.id} {why}; it has no {what} and never will (410 Gone)", 410)
+
+
+@router.get("/jobs/{job_id}/result", summary="The stylised image (PNG)", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "longest side = size, aspect kept"},
+                       **_errors(404, 409, 410, 503)})
+async def get_result(job_id: str, service: ServiceDep) -> Response:
+    job = await _job_or_404(service, job_id)
+    if job.status != J.SUCCEEDED:
+        raise _not_ready(job, "a result")
+    data = await _read_file(service, job_id, J.RESULT_FILE)
+    if data is None:
+        raise NotFound(f"the result of job {job_id} is gone (deleted or expired)")
+    return _png(data, "private, max-age=86400, immutable")
+
+
+@router.get("/jobs/{job_id}/preview", summary="The latest intermediate image (PNG)", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the final result once succeeded"},
+                       **_errors(404, 409, 503)})
+async def get_preview(job_id: str, service: ServiceDep) -> Response:
+    job = await _job_or_404(service, job_id)
+    name = J.RESULT_FILE if job.status == J.SUCCEEDED else J.PREVIEW_FILE
+    data = await _read_file(service, job_id, name) if job.has_preview or job.status == J.SUCCEEDED else None
+    if data is None:
+        if job.status in (J.QUEUED, J.RUNNING):
+            raise APIError(f"job {job.id} is {job.status}; no preview yet (the first comes after the first step)",
+                           409)
+        raise APIError(f"job {job.id} is {job.status} and has no preview", 409)
+    return _png(data, "no-store")
+
+
+# --------------------------------------------------------------------------------------------- events
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/jobs/{job_id}/events", summary="Server-sent events: progress and status changes",
+            response_class=StreamingResponse,
+            description="`event: status` (data: the job JSON) at the start and at every status change, "
+                        "`event: progress` (data: {id, step, total, fraction, losses, preview_url}) as steps "
+                        "complete, a `: keep-alive` comment every 15 s; the stream ends after the final status.",
+            responses={200: {"content": {"text/event-stream": {}}}, **_errors(404, 503)})
+async def job_events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
+    first = await _job_or_404(service, job_id)
+    base = _base(request)
+
+    async def stream():
+        job: J.Job | None = first
+        sent_status: tuple | None = None
+        sent_step: int | None = None
+        last_sent = time.monotonic()
+        while True:
+            if job is None:
+                yield _sse("status", {"id": job_id, "status": "deleted"})
+                return
+            chunks = []
+            if job.step > 0 and job.step != sent_step:
+                sent_step = job.step
+                view = job_view(job, base)
+                chunks.append(_sse("progress", {"id": job.id, **view["progress"], "losses": job.losses,
+                                                "preview_url": view["preview_url"]}))
+            if (job.status, job.queue_position) != sent_status:
+                sent_status = (job.status, job.queue_position)
+                chunks.append(_sse("status", job_view(job, base)))
+            if chunks:
+                last_sent = time.monotonic()
+                yield "".join(chunks)
+            if job.finished:
+                return
+            if time.monotonic() - last_sent >= SSE_KEEPALIVE_S:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_S)
+            if await request.is_disconnected():
+                return
+            job = await _store(service, "get", job_id)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --------------------------------------------------------------------------------------------- cancel / delete
+
+@router.delete("/jobs/{job_id}", summary="Cancel an unfinished job, or delete a finished one",
+               description="A queued or running job is cancelled (a running one stops within one optimisation "
+                           "step and frees its worker): 200 with the job, status `cancelled` (or its final status "
+                           "if it finished first). A finished job (succeeded, failed, cancelled) is deleted with "
+                           "its files: 204. Deleting a just-cancelled job is a second DELETE.",
+               response_model=StyleJob, responses={204: {"description": "deleted"}, **_errors(404, 503)})
+async def delete_job(job_id: str, request: Request, service: ServiceDep) -> Response:
+    job = await _job_or_404(service, job_id)
+    if not job.finished:
+        job = await _store(service, "cancel", job_id)
+        if job is None:
+            raise NotFound(f"no style job {job_id!r}")
+        return JSONResponse(job_view(job, _base(request)))
+    if not await _store(service, "delete", job_id):
+        raise NotFound(f"no style job {job_id!r}")
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+@router.get("/presets", response_model=PresetList, summary="The preset style paintings")
+async def list_presets(request: Request) -> dict:
+    base = _base(request)
+    return {"presets": [{**p, "image_url": f"{base}/presets/{p['name']}"}
+                        for p in _presets_module().list_presets()]}
+
+
+@router.get("/presets/{name}", summary="A preset painting's image", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **_errors(404)})
+async def preset_image(name: str) -> Response:
+    presets = _presets_module()
+    try:
+        path = presets.preset_path(name)
+    except KeyError:
+        raise NotFound(f"unknown style preset {name!r}; available presets: {', '.join(_preset_names())}") from None
+    data = await anyio.to_thread.run_sync(path.read_bytes)
+    kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return Response(data, media_type=kind, headers={"Cache-Control": "public, max-age=86400"})

@@ -1,0 +1,392 @@
+"""Gatys et al. neural style transfer by optimisation of the image (pure PyTorch, no web framework).
+
+    engine = StyleEngine("weights/vgg19_features_0-16.pth", device="cpu")
+    image = engine.run(content_pil, [style_pil], StyleParams(size=256), on_progress=cb, should_stop=stop)
+
+The image is optimised with L-BFGS against a VGG-19 (Caffe weights, see models/vgg.py) on a coarse-to-fine
+schedule: most L-BFGS evaluations at half resolution, where they cost a quarter, then a refinement at full size.
+Losses are the PyTorch tutorial's ("Neural Transfer Using PyTorch"): content = mean squared feature difference,
+style = mean squared difference of Gram matrices normalised by C*H*W, plus an optional total-variation term.
+
+`steps` counts loss evaluations (L-BFGS closure calls) over all scales, as the tutorial counts its steps.
+`should_stop()` is polled at every evaluation and raises StyleCancelled; `on_progress(ProgressInfo)` is called at
+every evaluation with the losses and a lazy preview.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.vgg import LAYER_INDEX, VGG19Features, caffe_preprocess
+
+# Layer sets. DEFAULT_* fit the partial weights (conv1_1..conv3_4); GATYS_* need a full VGG-19 file.
+# The choice of the default is explained in docs/style.md (docs/style-layers.png compares the candidates).
+DEFAULT_CONTENT_LAYERS = ("relu2_2",)
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1")
+TUTORIAL_CONTENT_LAYERS = ("conv2_2",)
+TUTORIAL_STYLE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1")
+GATYS_CONTENT_LAYERS = ("conv4_2",)
+GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+
+DEFAULT_SIZE_CPU = 256
+DEFAULT_SIZE_CUDA = 512
+DEFAULT_STEPS = 250
+DEFAULT_STYLE_WEIGHT = 250.0  # for the default layers on Caffe-scale inputs (docs/style.md)
+DEFAULT_CONTENT_WEIGHT = 1.0
+DEFAULT_TV_WEIGHT = 0.0
+MIN_SIZE, MAX_SIZE = 64, 1024
+MAX_STEPS = 2000
+MAX_STYLES = 4
+COARSE_MIN_SIZE = 64  # a coarse stage is only used when half the size is at least this
+COARSE_STEP_FRACTION = 0.64  # share of the evaluations spent at half resolution (a fifth of the cost each)
+COARSE_CONTENT_BOOST = 8.0  # content weight multiplier at the coarse scale (the coarse pass sets the layout;
+# too much style there costs content at full size that the refinement cannot win back)
+DETAIL = 1.0  # share of the content's fine detail restored when moving to a finer scale
+MAX_STYLE_PIXELS = 1024 * 1024 * 4  # style_scale cannot make a style image larger than this
+
+
+class StyleCancelled(Exception):
+    """should_stop() returned True: the run was abandoned between two loss evaluations."""
+
+
+class StyleParams(BaseModel):
+    """What a style-transfer job may set. Validation errors name the field and the allowed range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, description=f"longest side of the output in px "
+                             f"({MIN_SIZE}..{MAX_SIZE}); default {DEFAULT_SIZE_CUDA} on CUDA, {DEFAULT_SIZE_CPU} on CPU")
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="loss evaluations (L-BFGS closure calls) "
+                       "over all scales")
+    style_weight: float = Field(DEFAULT_STYLE_WEIGHT, ge=0, allow_inf_nan=False, description="weight of the style loss")
+    content_weight: float = Field(DEFAULT_CONTENT_WEIGHT, ge=0, allow_inf_nan=False,
+                                  description="weight of the content loss")
+    tv_weight: float = Field(DEFAULT_TV_WEIGHT, ge=0, allow_inf_nan=False,
+                             description="weight of the total-variation (smoothness) loss")
+    init: Literal["content", "noise"] = Field("content", description="start from the content photo or from noise")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise init; same seed, inputs and "
+                             "device give the same image")
+    preserve_color: bool = Field(False, description="keep the content's colours (transfer style to luminance only)")
+    style_scale: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False, description="size of the style image "
+                               "relative to the output (longest sides)")
+    style_weights: list[float] | None = Field(None, min_length=1, max_length=MAX_STYLES, description="blend weight "
+                                              "of each style image (normalised to sum 1); default equal weights")
+    content_layers: list[str] | None = Field(None, min_length=1, max_length=8,
+                                             description="VGG layers for the content loss (advanced)")
+    style_layers: list[str] | None = Field(None, min_length=1, max_length=16,
+                                           description="VGG layers for the style loss (advanced)")
+
+    @field_validator("style_weights")
+    @classmethod
+    def _check_blend(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if any(not math.isfinite(w) or w < 0 for w in value):
+            raise ValueError("style_weights must be finite and >= 0")
+        if sum(value) <= 0:
+            raise ValueError("style_weights must not all be 0")
+        return value
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _check_layers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        unknown = [name for name in value if name not in LAYER_INDEX or name.startswith("pool")]
+        if unknown:
+            raise ValueError(f"unknown VGG-19 layer(s) {unknown}; use conv1_1..conv5_4 or relu1_1..relu5_4")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "StyleParams":
+        if self.style_weight == 0 and self.content_weight == 0 and self.tv_weight == 0:
+            raise ValueError("style_weight, content_weight and tv_weight cannot all be 0")
+        return self
+
+    def blend(self, n_styles: int) -> list[float]:
+        """The normalised blend weights for n_styles style images; ValueError when they do not match."""
+        if not 1 <= n_styles <= MAX_STYLES:
+            raise ValueError(f"between 1 and {MAX_STYLES} style images are needed, got {n_styles}")
+        weights = self.style_weights or [1.0] * n_styles
+        if len(weights) != n_styles:
+            raise ValueError(f"style_weights has {len(weights)} value(s) but {n_styles} style image(s) were given")
+        total = float(sum(weights))
+        return [w / total for w in weights]
+
+    def output_size(self, device: torch.device | str) -> int:
+        if self.size is not None:
+            return self.size
+        return DEFAULT_SIZE_CUDA if torch.device(device).type == "cuda" else DEFAULT_SIZE_CPU
+
+
+@dataclass
+class ProgressInfo:
+    """One loss evaluation. `preview()` renders the current image (at the current scale) only when called."""
+
+    step: int
+    total: int
+    losses: dict[str, float]
+    stage: int = 0
+    stages: int = 1
+    scale_px: int = 0
+    _image: torch.Tensor | None = field(default=None, repr=False)
+
+    def preview(self) -> Image.Image:
+        """The image being optimised, as RGB PIL (call it inside the callback: the tensor keeps changing)."""
+        if self._image is None:
+            raise RuntimeError("no image available")
+        with torch.no_grad():
+            return tensor_to_pil(self._image.detach())
+
+
+# --------------------------------------------------------------------------------------------- image helpers
+
+def fit_size(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(w, h) with max(w, h) == longest and the aspect ratio kept (each side at least 1)."""
+    if width >= height:
+        return longest, max(1, round(height * longest / width))
+    return max(1, round(width * longest / height)), longest
+
+
+def pil_to_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """PIL image (any mode) -> (1, 3, H, W) float32 RGB in [0, 1], optionally resized to size=(w, h)."""
+    img = _to_rgb(img)
+    if size is not None and img.size != size:
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(rgb01: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) RGB in [0, 1] (clamped) -> PIL RGB."""
+    t = rgb01.detach().float().clamp(0, 1)
+    if t.dim() == 4:
+        t = t[0]
+    arr = (t.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+# ITU-R BT.601 full-range YCbCr (JPEG), on [0, 1] RGB.
+_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
+                              [-0.168736, -0.331264, 0.5],
+                              [0.5, -0.418688, -0.081312]])
+
+
+def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB [0, 1] -> YCbCr with Y in [0, 1], Cb/Cr centred on 0."""
+    m = _RGB_TO_YCBCR.to(rgb)
+    return torch.einsum("ij,njhw->nihw", m, rgb)
+
+
+def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
+    m = torch.linalg.inv(_RGB_TO_YCBCR.double()).to(ycc)
+    return torch.einsum("ij,njhw->nihw", m, ycc)
+
+
+def preserve_colors(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Luminance of `result`, chroma (Cb, Cr) of `content` (same size), RGB [0, 1] in and out."""
+    y = rgb_to_ycbcr(result.clamp(0, 1))[:, :1]
+    cbcr = rgb_to_ycbcr(content)[:, 1:]
+    return ycbcr_to_rgb(torch.cat([y, cbcr], dim=1)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, C) Gram matrices in float32, divided by C*H*W (the number of elements)."""
+    n, c, h, w = features.shape
+    f = features.reshape(n, c, h * w).float()
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels (on the Caffe 0..255 scale)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+
+
+class Objective:
+    """The loss of one scale: content features and blended style Gram targets computed once."""
+
+    def __init__(self, vgg: VGG19Features, content: torch.Tensor, styles: Sequence[torch.Tensor],
+                 blend: Sequence[float], content_layers: Sequence[str], style_layers: Sequence[str],
+                 content_weight: float, style_weight: float, tv_weight: float):
+        self.vgg = vgg
+        self.content_layers = list(content_layers) if content_weight > 0 else []
+        self.style_layers = list(style_layers) if style_weight > 0 else []
+        self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
+        self.weights = (content_weight, style_weight, tv_weight)
+        with torch.no_grad():
+            feats = vgg.extract(content, self.content_layers)
+            self.content_targets = {name: feats[name].detach() for name in self.content_layers}
+            self.gram_targets: dict[str, torch.Tensor] = {}
+            for w, style in zip(blend, styles):
+                if w == 0:
+                    continue
+                sfeats = vgg.extract(style, self.style_layers)
+                for name in self.style_layers:
+                    g = gram(sfeats[name]) * w
+                    self.gram_targets[name] = self.gram_targets.get(name, 0) + g
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        content_weight, style_weight, tv_weight = self.weights
+        feats = self.vgg.extract(x, self.layers)
+        zero = x.new_zeros((), dtype=torch.float32)
+        c_loss = sum((F.mse_loss(feats[n].float(), self.content_targets[n]) for n in self.content_layers), zero)
+        s_loss = sum((F.mse_loss(gram(feats[n]), self.gram_targets[n]) for n in self.style_layers), zero)
+        t_loss = tv_loss(x.float()) if tv_weight > 0 else zero  # x is the Caffe input: 0..255 scale
+        total = content_weight * c_loss + style_weight * s_loss + tv_weight * t_loss
+        return total, {"content": c_loss, "style": s_loss, "tv": t_loss, "total": total}
+
+
+# --------------------------------------------------------------------------------------------- engine
+
+def schedule(size: int, steps: int) -> list[tuple[int, int]]:
+    """[(longest side, evaluations)] of the coarse-to-fine stages for an output of `size` px and `steps` in all."""
+    coarse = size // 2
+    if coarse < COARSE_MIN_SIZE or steps < 4:
+        return [(size, steps)]
+    coarse_steps = max(1, round(steps * COARSE_STEP_FRACTION))
+    return [(coarse, coarse_steps), (size, steps - coarse_steps)]
+
+
+class StyleEngine:
+    """Loads VGG-19 once; `run()` may be called many times (one at a time per engine: the model is shared)."""
+
+    def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", full_vgg: bool | None = None):
+        self.device = torch.device(device)
+        self.weights_path = Path(weights_path)
+        vgg = VGG19Features.from_file(self.weights_path, map_location="cpu")
+        if full_vgg is not None and full_vgg != vgg.is_full:
+            have = "conv1_1..conv5_4" if vgg.is_full else f"conv1_1..{vgg.layer_names[-2]}"
+            raise ValueError(f"{self.weights_path}: full_vgg={full_vgg} but the file holds {have}")
+        self.full_vgg = vgg.is_full
+        vgg.eval().requires_grad_(False)
+        self.channels_last = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            vgg = vgg.to(memory_format=torch.channels_last)
+        self.vgg = vgg.to(self.device)
+        self.content_layers = GATYS_CONTENT_LAYERS if self.full_vgg else DEFAULT_CONTENT_LAYERS
+        self.style_layers = GATYS_STYLE_LAYERS if self.full_vgg else DEFAULT_STYLE_LAYERS
+
+    def _prepare(self, rgb01: torch.Tensor) -> torch.Tensor:
+        """RGB [0, 1] -> the network's input (Caffe convention), on the engine's device and memory format."""
+        x = caffe_preprocess(rgb01.to(self.device))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def run(self, content: Image.Image, styles: Sequence[Image.Image], params: StyleParams | None = None,
+            on_progress: Callable[[ProgressInfo], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Image.Image:
+        """Stylise `content` with `styles` (blended by params.style_weights); returns an RGB image whose longest
+        side is params.size. Raises StyleCancelled when should_stop() turns True, ValueError on bad inputs."""
+        params = params or StyleParams()
+        styles = list(styles)
+        blend = params.blend(len(styles))
+        content_layers = params.content_layers or list(self.content_layers)
+        style_layers = params.style_layers or list(self.style_layers)
+        for name in content_layers + style_layers:
+            if not self.vgg.has_layer(name):
+                raise ValueError(f"layer {name!r} needs a full VGG-19 file; these weights have "
+                                 f"{self.vgg.layer_names[0]}..{self.vgg.layer_names[-1]}")
+        size = params.output_size(self.device)
+        out_w, out_h = fit_size(*content.size, size)
+        stages = schedule(size, params.steps)
+        total = sum(n for _, n in stages)
+        seed = params.seed if params.seed is not None else random.randrange(2**63)
+        generator = torch.Generator().manual_seed(seed)
+
+        x: torch.Tensor | None = None
+        done = 0
+        content_full = pil_to_tensor(content, (out_w, out_h))
+        for stage_index, (longest, n_evals) in enumerate(stages):
+            w, h = fit_size(out_w, out_h, longest)
+            content_t = self._prepare(content_full if (w, h) == (out_w, out_h) else pil_to_tensor(content, (w, h)))
+            style_ts = [self._prepare(pil_to_tensor(s, self._style_size(s, longest, params.style_scale)))
+                        for s in styles]
+            boost = 1.0 if longest == size else COARSE_CONTENT_BOOST
+            objective = Objective(self.vgg, content_t, style_ts, blend, content_layers, style_layers,
+                                  params.content_weight * boost, params.style_weight, params.tv_weight)
+            del style_ts
+            if x is None:
+                x = self._initial(params.init, content_full if (w, h) == (out_w, out_h)
+                                  else pil_to_tensor(content, (w, h)), generator)
+            else:
+                # Upsample the coarse result and put back the content's fine detail that the coarse scale could
+                # not hold (a Laplacian-pyramid step): the refinement then starts near the content at full size.
+                content01 = content_full.to(self.device) if (w, h) == (out_w, out_h) \
+                    else pil_to_tensor(content, (w, h)).to(self.device)
+                prev_h, prev_w = x.shape[-2:]
+                blurred = F.interpolate(F.interpolate(content01, size=(prev_h, prev_w), mode="area"),
+                                        size=(h, w), mode="bicubic", align_corners=False)
+                x = F.interpolate(x.detach(), size=(h, w), mode="bicubic", align_corners=False)
+                x = (x + DETAIL * (content01 - blurred)).clamp_(0, 1)
+            x = x.detach().requires_grad_(True)
+            done = self._optimise(x, objective, n_evals, done, total, stage_index, len(stages), longest,
+                                  on_progress, should_stop)
+        assert x is not None
+        with torch.no_grad():
+            result = x.detach().float().clamp(0, 1)
+            if params.preserve_color:
+                result = preserve_colors(result, content_full.to(result.device))
+        return tensor_to_pil(result)
+
+    @staticmethod
+    def _style_size(style: Image.Image, longest: int, style_scale: float) -> tuple[int, int]:
+        target = max(16, round(longest * style_scale))
+        w, h = fit_size(*style.size, target)
+        if w * h > MAX_STYLE_PIXELS:
+            w, h = fit_size(*style.size, int(target * math.sqrt(MAX_STYLE_PIXELS / (w * h))))
+        return w, h
+
+    def _initial(self, init: str, content01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if init == "content":
+            return content01.clone().to(self.device)
+        noise = torch.rand(content01.shape, generator=generator, dtype=torch.float32)  # CPU generator: portable
+        return noise.to(self.device)
+
+    def _optimise(self, x: torch.Tensor, objective: Objective, n_evals: int, done: int, total: int,
+                  stage: int, stages: int, longest: int, on_progress, should_stop) -> int:
+        optimizer = torch.optim.LBFGS([x], lr=1.0, max_iter=n_evals, max_eval=n_evals, history_size=100,
+                                      tolerance_grad=0.0, tolerance_change=0.0, line_search_fn=None)
+        count = 0
+
+        def closure() -> torch.Tensor:
+            nonlocal count
+            if should_stop is not None and should_stop():
+                raise StyleCancelled("style transfer cancelled")
+            with torch.no_grad():  # keep the image a valid picture, as the tutorial does
+                x.clamp_(0, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss, parts = objective(self._prepare(x))
+            loss.backward()
+            count += 1
+            if on_progress is not None:
+                losses = {k: float(v.detach()) for k, v in parts.items()}
+                on_progress(ProgressInfo(step=min(done + count, total), total=total, losses=losses, stage=stage,
+                                         stages=stages, scale_px=longest, _image=x))
+            return loss
+
+        optimizer.step(closure)
+        return done + count

@@ -1,0 +1,182 @@
+"""The style-transfer service inside the API process: the job store, the worker processes and their supervisor.
+
+* start(): jobs left running by a previous process are re-queued (once) or failed; old results are cleaned up;
+  the supervisor task starts. Workers are spawned lazily, when the first job is queued (or at once when jobs
+  are waiting from before), so a server that never gets a style job never pays for torch + VGG in a child.
+* The supervisor (an asyncio task, every SUPERVISE_EVERY_S) restarts a worker process that died (its job is
+  re-queued once, or failed) with a backoff when it keeps dying, and deletes results older than RESULT_TTL.
+* stop(): workers are asked to stop (a running job is handed back to the queue), then joined, terminated or
+  killed after a bounded wait.
+
+One API process owns a DATA_DIR: run uvicorn with one process and scale with JOB_WORKERS.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import secrets
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import anyio
+import torch
+
+from app.core.config import Settings
+from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, SQLiteJobQueue
+from app.style.worker import WorkerConfig, worker_main
+
+logger = logging.getLogger("app.style")
+
+SUPERVISE_EVERY_S = 0.25
+STOP_TIMEOUT_S = 10.0  # how long a worker gets to finish its current step and exit at shutdown
+QUICK_DEATH_S = 10.0  # a worker dying sooner than this after its start counts towards the backoff
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    process: multiprocessing.process.BaseProcess | None = None
+    worker_id: str = ""
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float = 0.0  # monotonic time before which no replacement is started (backoff)
+
+
+@dataclass
+class StyleService:
+    settings: Settings
+    device: torch.device
+    store: SQLiteJobQueue = field(init=False)
+
+    def __post_init__(self):
+        self.store = SQLiteJobQueue(self.settings.data_dir)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._wake = self._ctx.Event()
+        self._stop = self._ctx.Event()
+        self._slots = [WorkerSlot(i) for i in range(self.settings.job_workers)]
+        self._workers_wanted = False
+        self._supervisor: asyncio.Task | None = None
+        self._last_cleanup = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        recovered = await anyio.to_thread.run_sync(self.store.recover_orphans, SERVER_STOPPED)
+        for job in recovered:
+            logger.warning("job %s was running when the server stopped: now %s", job.id, job.status)
+        await anyio.to_thread.run_sync(self._cleanup)
+        if await anyio.to_thread.run_sync(self.store.count, QUEUED):
+            self.ensure_workers()
+        self._supervisor = asyncio.create_task(self._supervise(), name="style-supervisor")
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._supervisor
+        self._stop.set()
+        self._wake.set()
+        running = [slot for slot in self._slots if slot.process is not None]
+        await anyio.to_thread.run_sync(self._join_all, running)
+        for slot in running:
+            released = self.store.release(slot.worker_id)  # jobs of a worker that had to be killed
+            if released:
+                logger.warning("jobs %s handed back to the queue", released)
+        self.store.close()
+
+    def _join_all(self, slots: list[WorkerSlot]) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for slot in slots:
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+        for slot in slots:
+            if slot.process.is_alive():
+                logger.warning("worker %s did not stop in %.0f s; terminating it", slot.worker_id, STOP_TIMEOUT_S)
+                slot.process.terminate()
+                slot.process.join(2.0)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(2.0)
+
+    # ------------------------------------------------------------------ workers
+
+    def notify(self) -> None:
+        """A job was queued: make sure workers exist and wake one."""
+        self.ensure_workers()
+        self._wake.set()
+
+    def ensure_workers(self) -> None:
+        if self._workers_wanted or self._stop.is_set():
+            return
+        self._workers_wanted = True
+        for slot in self._slots:
+            self._start_worker(slot)
+
+    def _start_worker(self, slot: WorkerSlot) -> None:
+        s = self.settings
+        slot.worker_id = f"w{slot.index}-{secrets.token_hex(4)}"
+        config = WorkerConfig(
+            worker_id=slot.worker_id, data_dir=str(s.data_dir), device=str(self.device),
+            vgg_weights=str(s.style_vgg_weights), max_image_pixels=s.max_image_pixels,
+            torch_threads=s.torch_threads, log_level=s.log_level, parent_pid=os.getpid())
+        process = self._ctx.Process(target=worker_main, args=(config, self._wake, self._stop),
+                                    name=f"style-worker-{slot.index}", daemon=True)
+        process.start()
+        slot.process, slot.started_at = process, time.monotonic()
+        logger.info("started style worker %s (pid %d)", slot.worker_id, process.pid)
+
+    @property
+    def workers(self) -> list[dict]:
+        return [{"id": slot.worker_id, "pid": slot.process.pid if slot.process else None,
+                 "alive": bool(slot.process and slot.process.is_alive())} for slot in self._slots]
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(SUPERVISE_EVERY_S)
+                for slot in self._slots:
+                    if slot.process is not None and not slot.process.is_alive() and not self._stop.is_set():
+                        await self._replace(slot)
+                    elif slot.process is None and self._workers_wanted and time.monotonic() >= slot.restart_at:
+                        self._start_worker(slot)
+                if not self._workers_wanted and await anyio.to_thread.run_sync(self.store.count, QUEUED):
+                    self.ensure_workers()  # queued by another route into the store (or left from before)
+                if time.monotonic() - self._last_cleanup >= self._cleanup_every():
+                    await anyio.to_thread.run_sync(self._cleanup)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the supervisor must outlive any one failure (a locked database, ...)
+                logger.exception("style supervisor error")
+
+    async def _replace(self, slot: WorkerSlot) -> None:
+        code = slot.process.exitcode
+        reason = f"{WORKER_DIED} (exit code {code})"
+        recovered = await anyio.to_thread.run_sync(self.store.recover_worker, slot.worker_id, reason)
+        for job in recovered:
+            logger.warning("job %s: %s; now %s", job.id, reason, job.status)
+        lived = time.monotonic() - slot.started_at
+        slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
+        delay = min(MAX_BACKOFF_S, 2.0 ** (slot.quick_deaths - 1)) if slot.quick_deaths else 0.0
+        logger.error("style worker %s died (exit code %s) after %.1f s; replacing it%s", slot.worker_id, code, lived,
+                     f" in {delay:.0f} s" if delay else "")
+        slot.process.close()
+        slot.process = None
+        slot.restart_at = time.monotonic() + delay
+
+    def _cleanup_every(self) -> float:
+        return min(60.0, max(1.0, self.settings.result_ttl / 4))
+
+    def _cleanup(self) -> None:
+        self._last_cleanup = time.monotonic()
+        deleted = self.store.cleanup(self.settings.result_ttl)
+        if deleted:
+            logger.info("deleted %d style jobs older than RESULT_TTL (%s s)", deleted, self.settings.result_ttl)
+
+    def retry_after_s(self) -> int:
+        """A rough wait before a full queue has room: the mean run time x queued jobs / workers."""
+        mean = self.store.mean_run_seconds() or 10.0
+        queued = self.store.count(QUEUED)
+        return int(min(3600, max(1, mean * max(1, queued) / max(1, len(self._slots)))))

@@ -1,0 +1,223 @@
+"""Style-transfer speed and quality: our engine against the PyTorch tutorial's algorithm, same process, same device.
+
+    python -m bench.style [--size 256] [--device cpu] [--content data/style/chelsea.png]
+                          [--style data/style/starry_night.jpg] [--out bench-out/]
+
+(a) "Neural Transfer Using PyTorch" (pytorch.org tutorial), re-implemented faithfully: the input image (a copy of
+    the content, RGB in [0, 1]) is optimised with torch.optim.LBFGS at its defaults (lr 1, max_iter 20 per step()),
+    the image is clamped to [0, 1] at each closure evaluation, and `while run[0] <= 300` counts closure
+    evaluations as the tutorial does. Style weight 1e6, content weight 1; content loss at conv_4 and style losses at
+    conv_1..conv_5 (conv outputs, before ReLU), i.e. conv2_2 and conv1_1, conv1_2, conv2_1, conv2_2, conv3_1;
+    the weights are divided by CAFFE_SCALE^4 and CAFFE_SCALE^2 for the Caffe input scale (see below);
+    Gram matrices divided by the number of elements; MSE losses. The tutorial's torchvision VGG and ImageNet
+    mean/std normalisation are replaced by our Caffe VGG-19 with Caffe preprocessing (its weights need it).
+(b) our engine, same layers and weights, its default schedule and step count.
+(c) our engine with its defaults (default layers and weights): timed only, its objective is another one.
+
+Both (a) and (b) are scored with ONE yardstick: the tutorial's loss (same layers, weights, targets) evaluated on
+the final images as saved (8-bit RGB). Lower is better.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from app.style.engine import (TUTORIAL_CONTENT_LAYERS, TUTORIAL_STYLE_LAYERS, StyleEngine, StyleParams, fit_size,
+                              gram, pil_to_tensor, tensor_to_pil)
+from models.vgg import VGG19Features, caffe_preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL_STEPS = 300
+# The tutorial's weights (style 1e6, content 1) are for features of ImageNet-mean/std normalised inputs; Caffe inputs
+# are about S = 255 * 0.226 (the mean ImageNet std) times larger, so features are about S times larger, content MSE S^2
+# and Gram MSE S^4 times larger. Dividing the weights accordingly keeps the tutorial's balance and loss scale.
+CAFFE_SCALE = 255.0 * (0.229 + 0.224 + 0.225) / 3
+TUTORIAL_STYLE_WEIGHT = 1e6 / CAFFE_SCALE**4
+TUTORIAL_CONTENT_WEIGHT = 1.0 / CAFFE_SCALE**2
+
+
+def tutorial_losses(vgg: VGG19Features, img01: torch.Tensor, content_feats: dict, style_grams: dict):
+    """The tutorial's (unweighted) style and content scores for an RGB [0, 1] image."""
+    feats = vgg.extract(caffe_preprocess(img01), TUTORIAL_CONTENT_LAYERS + TUTORIAL_STYLE_LAYERS)
+    content = sum(F.mse_loss(feats[n], content_feats[n]) for n in TUTORIAL_CONTENT_LAYERS)
+    style = sum(F.mse_loss(gram(feats[n]), style_grams[n]) for n in TUTORIAL_STYLE_LAYERS)
+    return style, content
+
+
+def targets(vgg: VGG19Features, content01: torch.Tensor, style01: torch.Tensor):
+    with torch.no_grad():
+        cf = vgg.extract(caffe_preprocess(content01), TUTORIAL_CONTENT_LAYERS)
+        sf = vgg.extract(caffe_preprocess(style01), TUTORIAL_STYLE_LAYERS)
+        return ({n: cf[n] for n in TUTORIAL_CONTENT_LAYERS}, {n: gram(sf[n]) for n in TUTORIAL_STYLE_LAYERS})
+
+
+def run_tutorial(vgg: VGG19Features, content01: torch.Tensor, style01: torch.Tensor,
+                 num_steps: int = TUTORIAL_STEPS) -> tuple[torch.Tensor, int]:
+    """run_style_transfer() of the tutorial; returns the image and the closure evaluations it made."""
+    content_feats, style_grams = targets(vgg, content01, style01)
+    input_img = content01.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([input_img])
+    run = [0]
+    while run[0] <= num_steps:
+        def closure():
+            with torch.no_grad():
+                input_img.clamp_(0, 1)
+            optimizer.zero_grad()
+            style_score, content_score = tutorial_losses(vgg, input_img, content_feats, style_grams)
+            style_score = style_score * TUTORIAL_STYLE_WEIGHT
+            content_score = content_score * TUTORIAL_CONTENT_WEIGHT
+            loss = style_score + content_score
+            loss.backward()
+            run[0] += 1
+            return style_score + content_score
+        optimizer.step(closure)
+    with torch.no_grad():
+        input_img.clamp_(0, 1)
+    return input_img.detach(), run[0]
+
+
+def yardstick(vgg: VGG19Features, image: Image.Image, content01: torch.Tensor, style01: torch.Tensor) -> dict:
+    content_feats, style_grams = targets(vgg, content01, style01)
+    with torch.no_grad():
+        style, content = tutorial_losses(vgg, pil_to_tensor(image).to(content01.device), content_feats, style_grams)
+    style_w, content_w = float(style) * TUTORIAL_STYLE_WEIGHT, float(content) * TUTORIAL_CONTENT_WEIGHT
+    return {"style": style_w, "content": content_w, "total": style_w + content_w}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--content", type=Path, default=ROOT / "data/style/chelsea.png")
+    parser.add_argument("--style", type=Path, default=ROOT / "data/style/starry_night.jpg")
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights/vgg19_features_0-16.pth")
+    parser.add_argument("--steps", type=int, default=None, help="our engine's steps (default: its default)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for both images and results.json")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    engine = StyleEngine(args.weights, device)
+    vgg = engine.vgg
+    content_img, style_img = Image.open(args.content), Image.open(args.style)
+    size = fit_size(*content_img.size, args.size)
+    content01 = pil_to_tensor(content_img, size).to(device)
+    style01 = pil_to_tensor(style_img, fit_size(*style_img.size, args.size)).to(device)
+    print(f"device {device}, threads {torch.get_num_threads()}, content {args.content.name} {size[0]}x{size[1]}, "
+          f"style {args.style.name}")
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    # warm-up (allocator, cuDNN autotune) so that neither side pays first-call costs
+    engine.run(content_img, [style_img], StyleParams(size=min(args.size, 128), steps=3))
+
+    (tut_img, evals), tut_s = timed(lambda: run_tutorial(vgg, content01, style01))
+    tut_pil = tensor_to_pil(tut_img)
+    extra = {} if args.steps is None else {"steps": args.steps}
+    same = StyleParams(size=args.size, content_layers=list(TUTORIAL_CONTENT_LAYERS),
+                       style_layers=list(TUTORIAL_STYLE_LAYERS), style_weight=TUTORIAL_STYLE_WEIGHT,
+                       content_weight=TUTORIAL_CONTENT_WEIGHT, tv_weight=0.0, **extra)
+    ours_pil, ours_s = timed(lambda: engine.run(content_img, [style_img], same))
+    default_pil, default_s = timed(lambda: engine.run(content_img, [style_img], StyleParams(size=args.size, **extra)))
+
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "size": list(size),
+        "content": args.content.name, "style": args.style.name,
+        "tutorial": {"seconds": round(tut_s, 2), "evaluations": evals, **yardstick(vgg, tut_pil, content01, style01)},
+        "ours_tutorial_objective": {"seconds": round(ours_s, 2), "steps": same.steps,
+                                    **yardstick(vgg, ours_pil, content01, style01)},
+        "ours_default": {"seconds": round(default_s, 2), "steps": same.steps,
+                         **yardstick(vgg, default_pil, content01, style01)},
+    }
+    result["time_ratio"] = round(ours_s / tut_s, 3)
+    result["default_time_ratio"] = round(default_s / tut_s, 3)
+    t, o = result["tutorial"], result["ours_tutorial_objective"]
+    print(f"(a) tutorial        {tut_s:7.2f} s  {evals} evaluations  yardstick {t['total']:.4g} "
+          f"(style {t['style']:.4g}, content {t['content']:.4g})")
+    print(f"(b) ours, same obj. {ours_s:7.2f} s  {same.steps} evaluations  yardstick {o['total']:.4g} "
+          f"(style {o['style']:.4g}, content {o['content']:.4g})")
+    print(f"(c) ours, defaults  {default_s:7.2f} s")
+    print(f"time ratio (b)/(a) {result['time_ratio']:.3f}, (c)/(a) {result['default_time_ratio']:.3f}; "
+          f"yardstick ratio (b)/(a) {o['total'] / t['total']:.3f}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        tut_pil.save(args.out / "tutorial.png")
+        ours_pil.save(args.out / "ours_tutorial_objective.png")
+        default_pil.save(args.out / "ours_default.png")
+        (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+LAYER_CANDIDATES = {
+    "A tutorial (conv)": (("conv2_2",), ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1")),
+    "B tutorial (relu)": (("relu2_2",), ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1")),
+    "C content relu3_2": (("relu3_2",), ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_4")),
+    "D content conv3_4": (("conv3_4",), ("relu1_1", "relu2_1", "relu3_1", "relu3_4")),
+}
+
+
+def balanced_weights(vgg: VGG19Features, content01: torch.Tensor, style01: torch.Tensor, content_layers, style_layers):
+    """Weights giving a layer set the tutorial set's balance: each term is rescaled so that its value on a reference
+    input (style: the content photo; content: a flat grey image) equals the tutorial term's."""
+    grey = torch.full_like(content01, 0.5)
+
+    def terms(cl, sl, img):
+        with torch.no_grad():
+            cf = vgg.extract(caffe_preprocess(content01), cl)
+            sf = vgg.extract(caffe_preprocess(style01), sl)
+            f = vgg.extract(caffe_preprocess(img), list(cl) + list(sl))
+            c = sum(float(F.mse_loss(f[n], cf[n])) for n in cl)
+            s = sum(float(F.mse_loss(gram(f[n]), gram(sf[n]))) for n in sl)
+        return c, s
+    c_tut, _ = terms(TUTORIAL_CONTENT_LAYERS, TUTORIAL_STYLE_LAYERS, grey)
+    _, s_tut = terms(TUTORIAL_CONTENT_LAYERS, TUTORIAL_STYLE_LAYERS, content01)
+    c_new, _ = terms(content_layers, style_layers, grey)
+    _, s_new = terms(content_layers, style_layers, content01)
+    return TUTORIAL_CONTENT_WEIGHT * c_tut / c_new, TUTORIAL_STYLE_WEIGHT * s_tut / s_new
+
+
+def compare_layers(engine: StyleEngine, pairs: list[tuple[Path, Path]], size: int, out: Path) -> list[dict]:
+    """Runs every candidate layer set on each (content, style) pair with balanced weights; one picture, rows =
+    pairs, columns = content, style, candidates."""
+    rows, report = [], []
+    for content_path, style_path in pairs:
+        content_img, style_img = Image.open(content_path), Image.open(style_path)
+        content01 = pil_to_tensor(content_img, fit_size(*content_img.size, size))
+        style01 = pil_to_tensor(style_img, fit_size(*style_img.size, size))
+        row = [tensor_to_pil(content01), tensor_to_pil(style01)]
+        for name, (cl, sl) in LAYER_CANDIDATES.items():
+            cw, sw = balanced_weights(engine.vgg, content01, style01, cl, sl)
+            params = StyleParams(size=size, content_layers=list(cl), style_layers=list(sl), content_weight=cw,
+                                 style_weight=sw, seed=0)
+            start = time.perf_counter()
+            row.append(engine.run(content_img, [style_img], params))
+            report.append({"pair": [content_path.name, style_path.name], "candidate": name, "content_weight": cw,
+                           "style_weight": sw, "seconds": round(time.perf_counter() - start, 2)})
+            print(report[-1], flush=True)
+        rows.append(row)
+    cell = size + 8
+    sheet = Image.new("RGB", (cell * len(rows[0]), cell * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            img = img.copy()
+            img.thumbnail((size, size))
+            sheet.paste(img, (c * cell + (cell - img.width) // 2, r * cell + (cell - img.height) // 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Style jobs through a real uvicorn process: submit, SSE progress, cancel, a full queue, and restarts
+(the server killed during a job) on the same DATA_DIR."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
+from tests.test_style_api import files
+
+pytestmark = pytest.mark.slow
+
+JOB_TIMEOUT_S = 60
+LONG_STEPS = 2000
+
+
+def start(weights_dir: Path, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir), "DEVICE": "cpu",
+           "JOB_WORKERS": "1", "MAX_QUEUED_JOBS": "1"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def server(weights_dir: Path, data_dir: Path, log_path: Path):
+    process, base_url = start(weights_dir, data_dir, log_path)
+    try:
+        wait_until_ready(process, base_url, log_path)
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            yield http, process
+    finally:
+        stop(process)
+
+
+def submit(http: httpx.Client, steps: int) -> dict:
+    response = http.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": str(steps)})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_for(http: httpx.Client, job_id: str, predicate, timeout: float = JOB_TIMEOUT_S) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/style/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"timed out on job {job_id}: {http.get(f'/v1/style/jobs/{job_id}').json()}")
+
+
+def finished(job: dict) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def read_events(http: httpx.Client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> list[tuple[str, dict]]:
+    """The whole event stream of a job, read as it arrives (bounded by `timeout`)."""
+    events, kind = [], None
+    deadline = time.monotonic() + timeout
+    with http.stream("GET", f"/v1/style/jobs/{job_id}/events", timeout=httpx.Timeout(20.0)) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, f"event stream still open after {timeout} s: {events[-3:]}"
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+    return events
+
+
+def worker_pids(log_path: Path) -> list[int]:
+    return [int(pid) for pid in re.findall(r"started style worker \S+ \(pid (\d+)\)", log_path.read_text())]
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in state  # a zombie has exited (reaping it is its new parent's business)
+
+
+def wait_gone(pid: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gone(pid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker process {pid} outlived its server")
+
+
+def test_submit_stream_cancel_and_full_queue(tiny_weights_dir, tmp_path):
+    log_path = tmp_path / "server.log"
+    with server(tiny_weights_dir, tmp_path / "data", log_path) as (http, _):
+        job = submit(http, steps=3)
+        events = read_events(http, job["id"])
+        kinds = [kind for kind, _ in events]
+        assert kinds[0] == "status" and "progress" in kinds and kinds[-1] == "status", kinds
+        assert events[-1][1]["status"] == "succeeded"
+        assert [d["step"] for k, d in events if k == "progress"][-1] == 3
+        result = http.get(f"/v1/style/jobs/{job['id']}/result")
+        assert result.status_code == 200 and max(Image.open(io.BytesIO(result.content)).size) == 64
+
+        long_job = submit(http, steps=LONG_STEPS)
+        wait_for(http, long_job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+        queued = submit(http, steps=2)
+        assert queued["status"] == "queued" and queued["queue_position"] == 1
+        full = http.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": "2"})
+        assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+
+        cancelled = http.delete(f"/v1/style/jobs/{long_job['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        # the worker drops the cancelled job within a step and runs the queued one
+        assert wait_for(http, queued["id"], finished)["status"] == "succeeded"
+        assert http.get(f"/v1/style/jobs/{long_job['id']}").json()["status"] == "cancelled"
+        pids = worker_pids(log_path)
+    assert pids and all(gone(pid) for pid in pids)  # a clean shutdown joins its workers
+
+
+def test_restarts_requeue_then_fail_an_interrupted_job(tiny_weights_dir, tmp_path):
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+
+    # 1st server: a long job running, a short one queued; the server is killed
+    with server(tiny_weights_dir, data_dir, log_path) as (http, process):
+        long_job = submit(http, steps=LONG_STEPS)
+        wait_for(http, long_job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+        short_job = submit(http, steps=2)
+        process.kill()
+        process.wait(timeout=10)
+    for pid in worker_pids(log_path):
+        wait_gone(pid)  # an orphaned worker notices and exits
+
+    # 2nd server: the interrupted job is queued again at the front (attempt 2), never left running
+    with server(tiny_weights_dir, data_dir, log_path) as (http, process):
+        job = http.get(f"/v1/style/jobs/{long_job['id']}").json()
+        assert job["status"] in ("queued", "running"), job
+        assert "the server stopped while this job was running" in job["notice"]
+        second = wait_for(http, long_job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+        assert second["attempts"] == 2
+        assert http.get(f"/v1/style/jobs/{short_job['id']}").json()["status"] == "queued"
+        process.kill()
+        process.wait(timeout=10)
+    for pid in worker_pids(log_path):
+        wait_gone(pid)
+
+    # 3rd server: interrupted twice -> failed with a clear message; the queued job runs to completion
+    with server(tiny_weights_dir, data_dir, log_path) as (http, _):
+        failed = http.get(f"/v1/style/jobs/{long_job['id']}").json()
+        assert failed["status"] == "failed", failed
+        assert "the server stopped while this job was running" in failed["error"]
+        assert http.get(f"/v1/style/jobs/{long_job['id']}/result").status_code == 410
+        assert wait_for(http, short_job["id"], finished)["status"] == "succeeded"
+        listed = http.get("/v1/style/jobs").json()
+        assert listed["total"] == 2 and not any(j["status"] == "running" for j in listed["jobs"])
