@@ -10,7 +10,6 @@ and for objects the gain of dynamic batching (BATCH_MAX_SIZE=32 vs 1).
 """
 import argparse
 import asyncio
-import base64
 import io
 import json
 import os

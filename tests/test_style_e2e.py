@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
-from tests.test_style_api import files
+from tests.test_style_api import files, wait_for  # wait_for takes an httpx.Client too
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +49,6 @@ def submit(http: httpx.Client, steps: int) -> dict:
     response = http.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": str(steps)})
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def wait_for(http: httpx.Client, job_id: str, predicate, timeout: float = JOB_TIMEOUT_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/style/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"timed out on job {job_id}: {http.get(f'/v1/style/jobs/{job_id}').json()}")
 
 
 def finished(job: dict) -> bool:

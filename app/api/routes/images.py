@@ -33,9 +33,9 @@ def image_router(task: str, what: str) -> APIRouter:
 
     @router.post(
         "/predict", response_model=PredictionResponse | BatchPredictionResponse, summary=f"Classify {what}",
-        description=f"Send one image as multipart/form-data (field `file`), one base64 image or data: URL as "
-                    f"JSON `{{\"image\": ...}}`, or several as JSON `{{\"images\": [...]}}`; a batch gets "
-                    f"`results` in the order sent.",
+        description="Send one image as multipart/form-data (field `file`), one base64 image or data: URL as "
+                    "JSON `{\"image\": ...}`, or several as JSON `{\"images\": [...]}`; a batch gets "
+                    "`results` in the order sent.",
         openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
         responses=error_responses(400, 404, 413, 415, 422, 503),
     )

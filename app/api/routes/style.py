@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.inference import media_type, unsupported
 from app.api.schemas import ErrorBody, ValidationErrorBody
-from app.core.errors import APIError, NotFound, ServiceUnavailable, Unprocessable
+from app.core.errors import APIError, NotFound, ServiceUnavailable
 from app.preprocessing.images import open_image
 from app.style import jobs as J
 from app.style.engine import MAX_STYLES, StyleParams
