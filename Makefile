@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 
-.PHONY: install serve test bench train evaluate clean
+.PHONY: install browser serve test bench train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,14 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(BIN)/python -m uvicorn app.main:app --host $(HOST) --port $(PORT)
 
-test: install
+# The browser tests drive Debian's Chromium (browser downloads are not possible); install it when missing.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null; }
+	@test -x /usr/bin/chromium || { echo "Chromium is needed for tests/test_web.py: install Debian's chromium package"; exit 1; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

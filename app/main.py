@@ -3,10 +3,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import anyio
 import torch
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.api.error_handlers import install_error_handlers
 from app.api.routes import health, models, sentiment, style
@@ -18,6 +21,7 @@ from app.core.registry import ModelRegistry
 from app.style.service import StyleService
 
 logger = logging.getLogger("app")
+WEB_DIR = Path(__file__).resolve().parent / "web"  # the browser front end: plain HTML/CSS/ES modules, no build
 
 
 @asynccontextmanager
@@ -78,7 +82,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sentiment.router)
     if settings.style_jobs_enabled:
         app.include_router(style.router)
+    install_web(app)
     return app
+
+
+def install_web(app: FastAPI) -> None:
+    """The single-page front end: `/` is its index.html, `/web/...` its CSS and ES modules (public API only)."""
+    index = WEB_DIR / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def web_index() -> FileResponse:
+        return FileResponse(index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -1,0 +1,60 @@
+import { $, api, percent, renderBars, showError } from "./api.js";
+
+export function initObjects() {
+  const drop = $("object-drop");
+  const input = $("object-file");
+  const thumb = $("object-thumb");
+  const result = $("object-result");
+  const bars = $("object-bars");
+  let seq = 0;
+
+  async function classify(file) {
+    if (!file) return;
+    const mine = ++seq;
+    showError("object-error", null);
+    bars.replaceChildren();
+    result.textContent = "Classifying…";
+    delete result.dataset.label;
+    if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
+    if (file.type.startsWith("image/")) {
+      thumb.src = URL.createObjectURL(file);
+      thumb.alt = `Thumbnail of ${file.name || "the pasted image"}`;
+      thumb.hidden = false;
+    } else {
+      thumb.hidden = true;
+      thumb.removeAttribute("src");
+    }
+    const form = new FormData();
+    form.append("file", file, file.name || "pasted.png");
+    try {
+      const body = await api("/v1/objects/predict?top_k=3", { method: "POST", body: form });
+      if (mine !== seq) return;
+      result.replaceChildren("Most likely ", Object.assign(document.createElement("strong"),
+        { textContent: body.label, id: "object-label" }), ` (${percent(body.score)})`);
+      result.dataset.label = body.label;
+      renderBars(bars, body.top);
+    } catch (err) {
+      if (mine !== seq) return;
+      result.textContent = "";
+      showError("object-error", err);
+    }
+  }
+
+  input.addEventListener("change", () => { classify(input.files[0]); input.value = ""; });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    classify(event.dataTransfer.files[0]);
+  });
+  drop.addEventListener("keydown", (event) => {
+    if (event.target === drop && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); input.click(); }
+  });
+  // Paste anywhere on the page, unless the user is typing in a text field.
+  document.addEventListener("paste", (event) => {
+    if (event.target.closest && event.target.closest("textarea, input[type=text], input[type=number]")) return;
+    const item = [...(event.clipboardData?.items ?? [])].find((i) => i.kind === "file");
+    if (item) { event.preventDefault(); classify(item.getAsFile()); drop.scrollIntoView({ block: "nearest" }); }
+  });
+}
