@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: install
-	$(BIN)/python -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/python -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 # The browser tests drive Debian's Chromium (browser downloads are not possible); install it when missing.
 browser:

@@ -10,14 +10,17 @@ import torch
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import health, models, sentiment, style
+from app.api.routes import health, metrics, models, sentiment, style
 from app.api.routes.images import image_router
 from app.core.config import Settings
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.loading import StartupError, resolve_device
+from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
 from app.core.registry import ModelRegistry
+from app.core.security import APIKeyMiddleware
 from app.style.service import StyleService
 
 logger = logging.getLogger("app")
@@ -65,7 +68,7 @@ def prepare_registry(settings: Settings) -> ModelRegistry:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     app = FastAPI(
         title="Model server",
         summary="Handwritten digits, CIFAR-10 objects and sentence sentiment with PyTorch",
@@ -73,9 +76,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics(app)  # a registry per app: several apps in one process do not clash
+    # Middleware, innermost first: body limit, API keys (before any body is read), CORS (answers preflights
+    # and adds its headers to 401s too), request id + access log + request counter (sees every response).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_key_list)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
+                           expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After"])
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(models.router)
     app.include_router(image_router("digits", "a handwritten digit"))
     app.include_router(image_router("objects", "a photo of an everyday object (CIFAR-10 classes)"))
@@ -95,16 +109,6 @@ def install_web(app: FastAPI) -> None:
         return FileResponse(index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
-
-
-def _configure_logging(settings: Settings) -> None:
-    """Give the app's loggers a handler when nobody configured logging (plain uvicorn)."""
-    app_logger = logging.getLogger("app")
-    app_logger.setLevel(settings.log_level.upper())
-    if not logging.getLogger().handlers and not app_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        app_logger.addHandler(handler)
 
 
 app = create_app()

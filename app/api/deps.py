@@ -42,11 +42,14 @@ def served_model_for(task: str):
     """A dependency resolving `?model=` (default: the task's default model) to a ready model of `task`."""
 
     def served_model(
+        request: Request,
         registry: RegistryDep,
         model: Annotated[str | None, Query(description=f"a {task} model name; default: the task's default "
                                                        "model (see GET /v1/models)")] = None,
     ) -> ServedModel:
-        return registry.for_task(task, model)
+        served = registry.for_task(task, model)
+        request.state.model = served.handler.name  # labels the predict latency metric (TimedRoute)
+        return served
 
     return served_model
 

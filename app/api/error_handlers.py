@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import APIError
+from app.core.observability import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -49,5 +50,10 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
+    # Runs in Starlette's outermost ServerErrorMiddleware, outside RequestContextMiddleware: the request id
+    # comes from the scope (or the context variable it set) and is added to the response here.
+    request_id = request.scope.get("request_id") or request_id_var.get()
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
+                     extra={"request_id": request_id})
+    return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500,
+                        headers={REQUEST_ID_HEADER: request_id})

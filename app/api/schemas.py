@@ -133,7 +133,9 @@ class ErrorBody(BaseModel):
 
 class ValidationErrorBody(BaseModel):
     detail: str = Field(examples=["query top_k: Input should be less than or equal to 10"])
-    errors: list[dict[str, Any]]
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="the failed checks (type, loc, msg) when the request failed schema validation; absent "
+                          "when the check happened outside the schema (e.g. a missing multipart file field)")
 
 
 _ERROR_DESCRIPTIONS = {
@@ -143,6 +145,7 @@ _ERROR_DESCRIPTIONS = {
     415: "wrong Content-Type or a file that is not a supported image",
     422: "invalid query or body",
     503: "models still loading, or loading failed",
+    504: "the request took longer than REQUEST_TIMEOUT_S",
 }
 
 

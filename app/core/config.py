@@ -28,6 +28,13 @@ class Settings(BaseSettings):
                                       "the event loop (cheaper than a thread hop); larger ones in worker threads")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
+    log_format: str = Field("text", pattern=r"(?i)^(text|json)$", description="text, or json: one JSON object "
+                            "per log line")
+    api_keys: str = Field("", description="comma-separated API keys; when set, every /v1 route needs one "
+                          "(Authorization: Bearer <key> or X-API-Key: <key>); empty turns auth off")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: no CORS headers")
+    request_timeout_s: float = Field(30.0, gt=0, description="seconds a synchronous predict request may take "
+                                     "before it is answered 504")
 
     style_jobs_enabled: bool = Field(True, description="serve /v1/style (style-transfer jobs run by worker processes)")
     job_workers: int = Field(1, ge=0, description="style-transfer worker processes, one job at a time each; "
@@ -37,6 +44,19 @@ class Settings(BaseSettings):
     style_vgg_weights: Path = Field(PROJECT_ROOT / "weights" / "vgg19_features_0-16.pth",
                                     description="VGG-19 features state_dict for style transfer (the shipped "
                                     "conv1_1..conv3_4 file, or a full VGG-19 features file)")
+
+    # Lists are read from plain strings: pydantic-settings would otherwise expect JSON in list env vars.
+    @property
+    def api_key_list(self) -> list[str]:
+        return _split(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 @lru_cache

@@ -62,6 +62,7 @@ class ModelRegistry:
         self.error: str | None = None
         self.defaults = _default_per_task(handlers)
         self._served: dict[str, ServedModel] = {}
+        self.load_seconds: dict[str, float] = {}  # per model, for the model_load_seconds metric
 
     @classmethod
     def from_settings(cls, settings: Settings, device: torch.device) -> "ModelRegistry":
@@ -98,8 +99,9 @@ class ModelRegistry:
                                  max_wait_ms=self.settings.batch_max_wait_ms, name=handler.name)
         batcher.start()
         self._served[handler.name] = ServedModel(handler, batcher)
+        self.load_seconds[handler.name] = elapsed = time.perf_counter() - started
         logger.info("loaded %s (%s, %s parameters) on %s in %.2f s", handler.name, handler.entry["architecture"],
-                    f"{handler.parameters:,}", self.device, time.perf_counter() - started)
+                    f"{handler.parameters:,}", self.device, elapsed)
 
     def batcher_stats(self) -> dict[str, BatcherStats]:
         return {name: served.batcher.stats for name, served in self._served.items()}

@@ -346,6 +346,13 @@ class SQLiteJobQueue:
             "WHERE status = ? AND started_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", (SUCCEEDED, last)).fetchone()
         return row[0]
 
+    def finished_since(self, since: float) -> list[tuple[str, str, float | None, float]]:
+        """(id, status, started_at, finished_at) of jobs finished after `since` (epoch s), for the metrics."""
+        rows = self._conn.execute(
+            "SELECT id, status, started_at, finished_at FROM jobs WHERE status IN (?, ?, ?) AND finished_at > ?",
+            (*FINISHED, since)).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
     # ------------------------------------------------------------------ worker side
 
     def claim(self, worker: str) -> Job | None:

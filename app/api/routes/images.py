@@ -8,6 +8,7 @@ from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, ImagePayload, PredictionResponse, error_responses
 from app.core.config import Settings
+from app.core.observability import TimedRoute
 from app.core.errors import Unprocessable
 from app.core.registry import ServedModel
 from app.preprocessing.images import decode_base64_image
@@ -28,7 +29,7 @@ IMAGE_REQUEST_BODY = {
 
 
 def image_router(task: str, what: str) -> APIRouter:
-    router = APIRouter(prefix=f"/v1/{task}", tags=[task])
+    router = APIRouter(prefix=f"/v1/{task}", tags=[task], route_class=TimedRoute)
     served_model = served_model_for(task)
 
     @router.post(
@@ -37,7 +38,7 @@ def image_router(task: str, what: str) -> APIRouter:
                     "JSON `{\"image\": ...}`, or several as JSON `{\"images\": [...]}`; a batch gets "
                     "`results` in the order sent.",
         openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
-        responses=error_responses(400, 404, 413, 415, 422, 503),
+        responses=error_responses(400, 404, 413, 415, 422, 503, 504),
     )
     async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                       served: Annotated[ServedModel, Depends(served_model)],

@@ -7,6 +7,7 @@ from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPayload, error_responses
 from app.core.config import Settings
+from app.core.observability import TimedRoute
 from app.core.errors import BadInput, UnsupportedMediaType
 from app.core.registry import ServedModel
 
@@ -21,7 +22,7 @@ TEXT_REQUEST_BODY = {
     },
 }
 
-router = APIRouter(prefix=f"/v1/{TASK}", tags=[TASK])
+router = APIRouter(prefix=f"/v1/{TASK}", tags=[TASK], route_class=TimedRoute)
 
 
 @router.post(
@@ -30,7 +31,7 @@ router = APIRouter(prefix=f"/v1/{TASK}", tags=[TASK])
     description="Send JSON `{\"text\": ...}` or `{\"texts\": [...]}`, or one text as text/plain; "
                 "labels are `negative` and `positive`.",
     openapi_extra={"requestBody": TEXT_REQUEST_BODY},
-    responses=error_responses(400, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 404, 413, 415, 422, 503, 504),
 )
 async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                   served: Annotated[ServedModel, Depends(served_model_for(TASK))],

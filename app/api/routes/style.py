@@ -6,8 +6,10 @@ validates requests, reads and writes the job store, and streams files.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import secrets
+import sqlite3
 import time
 from typing import Annotated, Any, Literal
 
@@ -28,6 +30,7 @@ from app.style.engine import MAX_STYLES, StyleParams
 from app.style.service import StyleService
 
 PREFIX = "/v1/style"
+MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
 SSE_POLL_S = 0.2  # how often an event stream looks at its job
 SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 OPTION_FIELDS = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
@@ -95,7 +98,8 @@ def _errors(*codes: int, **descriptions: str) -> dict[int, dict]:
              413: "body over MAX_UPLOAD_BYTES or image over MAX_IMAGE_PIXELS",
              415: "not multipart/form-data, or a file that is not a supported image",
              422: "invalid options, unknown preset, no style", 429: "MAX_QUEUED_JOBS jobs are queued (Retry-After)",
-             503: "the server is starting"}
+             503: "the server is starting",
+             507: "no space left on the data volume to store the job (Retry-After)"}
     return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": texts[code]}
             for code in codes}
 
@@ -184,7 +188,7 @@ def _invalid(field: str, message: str, kind: str = "value_error") -> RequestVali
                          "`style_preset` names (a blend when several; `style_weights` one per style, in form "
                          "order), options as fields. Answers 202 with the job and its URL in `Location`.",
              openapi_extra={"requestBody": JOB_REQUEST_BODY},
-             responses=_errors(400, 413, 415, 422, 429, 503))
+             responses=_errors(400, 413, 415, 422, 429, 503, 507))
 async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                      service: ServiceDep) -> JSONResponse:
     content_type = media_type(request)
@@ -223,9 +227,20 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
                                          stored_styles, settings.max_queued_jobs))
     except J.QueueFull as exc:
         raise _queue_full(service, exc.queued, exc.limit) from None
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _disk_full(exc):
+            raise
+        raise APIError("no space left on the server's data volume (DATA_DIR) to store this job; finished jobs "
+                       "are deleted after RESULT_TTL, retry later", 507, {"Retry-After": "60"}) from None
     service.notify()
     body = job_view(job, _base(request))
     return JSONResponse(body, status_code=202, headers={"Location": f"{_base(request)}/jobs/{job.id}"})
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)  # sqlite3: SQLITE_FULL
 
 
 def _queue_full(service: StyleService, queued: int, limit: int) -> APIError:
@@ -312,7 +327,7 @@ def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: St
             responses=_errors(422, 503))
 async def list_jobs(request: Request, service: ServiceDep,
                     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
-                    offset: Annotated[int, Query(ge=0, description="jobs to skip")] = 0) -> dict:
+                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="jobs to skip")] = 0) -> dict:
     jobs, total = await _store(service, "list", limit, offset)
     base = _base(request)
     following = offset + len(jobs)

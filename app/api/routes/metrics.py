@@ -1,0 +1,25 @@
+"""GET /metrics: Prometheus text format, from the app's own CollectorRegistry (see app/core/observability.py).
+
+Open without an API key even when API_KEYS is set (like /healthz): it holds only aggregate counts, timings,
+route templates and model names. Keep it off the public network (scrape it on an internal port or path).
+"""
+import anyio
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    metrics = state.metrics
+
+    def scrape() -> bytes:  # blocking: the style collector reads the SQLite job store
+        service = getattr(state, "style_service", None)
+        if service is not None:
+            metrics.sync_jobs(service.store)
+        return generate_latest(metrics.registry)
+
+    return Response(await anyio.to_thread.run_sync(scrape), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,324 @@
+"""Operations: request ids, access logs (text or JSON), Prometheus metrics and the predict-route timeout.
+
+* RequestContextMiddleware (pure ASGI, outermost of ours): takes a valid incoming X-Request-ID or makes one
+  (uuid4 hex), returns it as X-Request-ID, counts the request by route template/method/status and writes one
+  access log line (method, path, status, duration_ms, request_id). Bodies are never logged.
+* Metrics: one CollectorRegistry per app (create_app), so several apps in one process do not clash. Counters
+  and histograms are observed as requests happen; model load times, batch sizes (from the batchers' own
+  stats), style queue gauges and GPU memory are computed at scrape time; style job durations and outcomes
+  are read from the job store at scrape time (jobs finished since the last scrape).
+* TimedRoute: the APIRoute class of the synchronous predict routes; REQUEST_TIMEOUT_S -> 504, latency per model.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import APIError
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+access_logger = logging.getLogger("app.access")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+JOB_DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+JOB_LOOKBACK_S = 60.0  # jobs committed late (finished_at before the last scrape) are still counted once
+
+
+def valid_request_id(value: str | None) -> str | None:
+    return value if value and _REQUEST_ID_RE.match(value) else None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+class Metrics:
+    """The app's Prometheus registry and the metrics observed while serving."""
+
+    def __init__(self, app: Any):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("http_requests", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.predict_latency = Histogram("predict_latency_seconds", "Predict request latency by model",
+                                         ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.job_duration = Histogram("style_job_duration_seconds", "Run time of finished style jobs (started "
+                                      "to finished)", buckets=JOB_DURATION_BUCKETS, registry=self.registry)
+        self.job_outcomes = Counter("style_jobs_finished", "Style jobs finished, by final status", ["status"],
+                                    registry=self.registry)
+        self.registry.register(_ScrapeTimeCollector(app))
+        self._jobs_since = time.time()
+        self._jobs_seen: dict[str, float] = {}  # id -> finished_at of jobs already counted (lookback window)
+        self._jobs_lock = threading.Lock()  # concurrent scrapes run in different threads
+
+    def sync_jobs(self, store: Any) -> None:
+        """Count style jobs that finished since the last scrape (blocking: SQLite; call from a thread)."""
+        if not hasattr(store, "finished_since"):
+            return
+        with self._jobs_lock:
+            self._sync_jobs(store)
+
+    def _sync_jobs(self, store: Any) -> None:
+        since = self._jobs_since - JOB_LOOKBACK_S
+        latest = self._jobs_since
+        for job_id, status, started_at, finished_at in store.finished_since(since):
+            if job_id in self._jobs_seen:
+                continue
+            self._jobs_seen[job_id] = finished_at
+            latest = max(latest, finished_at)
+            self.job_outcomes.labels(status).inc()
+            if started_at is not None:
+                self.job_duration.observe(max(0.0, finished_at - started_at))
+        self._jobs_since = max(self._jobs_since, min(latest, time.time()))
+        cutoff = self._jobs_since - JOB_LOOKBACK_S
+        self._jobs_seen = {k: v for k, v in self._jobs_seen.items() if v >= cutoff}
+
+
+class _ScrapeTimeCollector:
+    """Values read from the running app when /metrics is scraped."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        state = self.app.state
+        registry = getattr(state, "registry", None)
+        if registry is not None:
+            yield from _model_metrics(registry)
+        service = getattr(state, "style_service", None)
+        if service is not None:
+            yield from _style_metrics(service)
+
+
+def _model_metrics(registry: Any):
+    load = GaugeMetricFamily("model_load_seconds", "Seconds the model took to load (set up and start)",
+                             labels=["model"])
+    for name, seconds in getattr(registry, "load_seconds", {}).items():
+        load.add_metric([name], seconds)
+    yield load
+    sizes = HistogramMetricFamily("model_batch_size", "Inputs per forward pass, by model", labels=["model"])
+    for name, stats in registry.batcher_stats().items():
+        counts = dict(stats.batch_sizes)
+        buckets = [(str(float(bound)), sum(n for size, n in counts.items() if size <= bound))
+                   for bound in BATCH_SIZE_BUCKETS]
+        buckets.append(("+Inf", sum(counts.values())))
+        sizes.add_metric([name], buckets, float(sum(size * n for size, n in counts.items())))
+    yield sizes
+    device = registry.device
+    if device.type == "cuda":
+        import torch
+
+        gpu = GaugeMetricFamily("gpu_memory_allocated_bytes", "GPU memory held by tensors (torch)",
+                                labels=["device"])
+        gpu.add_metric([str(device)], float(torch.cuda.memory_allocated(device)))
+        yield gpu
+
+
+def _style_metrics(service: Any):
+    from app.style.jobs import QUEUED, RUNNING
+
+    store = service.store
+    queued = GaugeMetricFamily("style_queue_depth", "Style jobs waiting for a worker")
+    queued.add_metric([], float(store.count(QUEUED)))
+    yield queued
+    running = GaugeMetricFamily("style_jobs_running", "Style jobs being run by a worker")
+    running.add_metric([], float(store.count(RUNNING)))
+    yield running
+    workers = GaugeMetricFamily("style_workers_alive", "Style worker processes alive")
+    workers.add_metric([], float(sum(1 for w in service.workers if w["alive"])))
+    yield workers
+
+
+# ---------------------------------------------------------------------------------------------- middleware
+
+class RequestContextMiddleware:
+    """Request id, access log and request counter; sees every response our other middleware produce."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = valid_request_id(value.decode("latin-1"))
+                break
+        request_id = incoming or new_request_id()
+        request_id_var.set(request_id)  # left set on error so the 500 handler can log and return it
+        scope["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        template = _route_template(scope)
+        method = scope["method"]
+        self.metrics.requests.labels(template, method, str(status)).inc()
+        duration_ms = round(seconds * 1000, 2)
+        access_logger.info("%s %s %d %.2f ms", method, scope["path"], status, duration_ms,
+                           extra={"request_id": request_id, "method": method, "path": scope["path"],
+                                  "status": status, "duration_ms": duration_ms})
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template; for requests answered before routing (401, 413) it is looked up.
+    Paths matching no route share one label value, so scanners cannot blow up the metric's cardinality."""
+    route = scope.get("route")
+    if route is None and scope.get("app") is not None:
+        try:
+            route = _lookup_route(getattr(scope["app"], "routes", []), scope)
+        except Exception:  # a lookup for a label must never fail the request
+            route = None
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _lookup_route(routes: list, scope: Scope) -> Any:
+    from starlette.routing import Match
+
+    partial = None
+    for candidate in routes:
+        included = getattr(candidate, "original_router", None)  # FastAPI's wrapper of an included router
+        if included is not None:
+            found = _lookup_route(included.routes, scope)
+            if found is not None:
+                return found
+            continue
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return candidate
+        if match is Match.PARTIAL and partial is None:
+            partial = candidate
+    return partial
+
+
+# ---------------------------------------------------------------------------------------------- timeout
+
+class TimedRoute(APIRoute):
+    """For the synchronous predict routes: REQUEST_TIMEOUT_S bounds the handler (504) and latency is recorded
+    per model. On timeout the handler is cancelled; its queued batcher items are skipped (their futures are
+    cancelled)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def timed_handler(request: Request) -> Response:
+            started = time.perf_counter()
+            timeout_s = request.app.state.settings.request_timeout_s
+            try:
+                async with asyncio.timeout(timeout_s) as deadline:
+                    return await handler(request)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise APIError(f"the request took longer than {timeout_s:g} s (REQUEST_TIMEOUT_S); retry "
+                               "later or send fewer inputs", 504) from None
+            finally:
+                model = getattr(request.state, "model", None)
+                metrics = getattr(request.app.state, "metrics", None)
+                if model is not None and metrics is not None:
+                    metrics.predict_latency.labels(model).observe(time.perf_counter() - started)
+
+        return timed_handler
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
+                                                                                 "color_message"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record a request_id: the one passed in `extra`, else the current request's, else '-'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id and any `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key not in data:
+                data[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(levelname)s:     %(name)s: %(message)s [request_id=%(request_id)s]"
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format.lower() == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Give the app's loggers a handler when nobody configured logging (plain uvicorn); LOG_FORMAT picks
+    its format. A handler installed by an earlier create_app() is reconfigured, not duplicated."""
+    app_logger = logging.getLogger("app")
+    app_logger.setLevel(settings.log_level.upper())
+    if settings.log_format.lower() == "json":
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own lines: JSON too
+            for handler in logging.getLogger(name).handlers:
+                handler.setFormatter(JsonFormatter())
+    ours = [h for h in app_logger.handlers if getattr(h, "_app_handler", False)]
+    if ours:
+        ours[0].setFormatter(make_formatter(settings.log_format))
+        return
+    if not logging.getLogger().handlers and not app_logger.handlers:
+        handler = logging.StreamHandler()
+        handler._app_handler = True  # type: ignore[attr-defined]
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(make_formatter(settings.log_format))
+        app_logger.addHandler(handler)
