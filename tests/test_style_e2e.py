@@ -1,12 +1,15 @@
 """Style jobs through a real uvicorn process: submit, SSE progress, cancel, a full queue, and restarts
 (the server killed during a job) on the same DATA_DIR."""
+import base64
 import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -155,3 +158,34 @@ def test_restarts_requeue_then_fail_an_interrupted_job(tiny_weights_dir, tmp_pat
         assert wait_for(http, short_job["id"], finished)["status"] == "succeeded"
         listed = http.get("/v1/style/jobs").json()
         assert listed["total"] == 2 and not any(j["status"] == "running" for j in listed["jobs"])
+
+
+def big_png_batch(count: int, side: int) -> list[str]:
+    canvas = Image.new("RGB", (side, side), "white")
+    canvas.paste(Image.new("RGB", (side // 2, side // 3), "navy"), (side // 4, side // 3))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return [base64.b64encode(buffer.getvalue()).decode()] * count
+
+
+def test_sigterm_finishes_in_flight_requests_and_requeues_the_running_job(tiny_weights_dir, tmp_path):
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    with server(tiny_weights_dir, data_dir, log_path) as (http, process):
+        job = submit(http, LONG_STEPS)
+        wait_for(http, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] > 0)
+        # A batch of 64 large images takes a while to decode: SIGTERM arrives while it is in flight.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(http.post, "/v1/objects/predict", json={"images": big_png_batch(64, 1500)})
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            response = in_flight.result(timeout=60)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 64
+    assert response.elapsed.total_seconds() > 0.3, "the request finished before SIGTERM: nothing was in flight"
+
+    with server(tiny_weights_dir, data_dir, log_path) as (http, _):
+        resumed = http.get(f"/v1/style/jobs/{job['id']}").json()
+        assert resumed["status"] in ("queued", "running"), resumed  # resumed, not failed, not stuck
+        assert resumed["attempts"] <= 2 and resumed.get("error") is None
+        http.delete(f"/v1/style/jobs/{job['id']}")  # no need to run 2,000 steps here
