@@ -28,10 +28,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(weights_dir: Path, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(weights_dir: Path, data_dir: Path, log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir)}
-    with open(log_path, "wb") as log:  # a file, not a pipe, so a chatty server can never block on a full pipe
+    env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir), **env_overrides}
+    with open(log_path, "ab") as log:  # a file, not a pipe, so a chatty server can never block on a full pipe
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -8,43 +8,21 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 import pytest
 from PIL import Image
 
 from app.style.jobs import DB_NAME, WORKER_DIED
-from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
 from tests.test_style_api import files, wait_for
-from tests.test_style_e2e import LONG_STEPS, finished, submit, wait_gone
+from tests.test_style_e2e import LONG_STEPS, finished, server, submit, wait_gone
 
 pytestmark = pytest.mark.slow
 
 WAIT_S = 60
-
-
-@contextmanager
-def server(weights_dir: Path, data_dir: Path, log_path: Path, **env_overrides: str):
-    port = free_port()
-    env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir), "DEVICE": "cpu",
-           "JOB_WORKERS": "1", "MAX_QUEUED_JOBS": "8", **env_overrides}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, base_url, log_path)
-        with httpx.Client(base_url=base_url, timeout=30) as http:
-            yield http, process
-    finally:
-        stop(process)
 
 
 def style_workers(server_pid: int) -> list[int]:
@@ -83,7 +61,7 @@ def integrity(data_dir: Path) -> str:
 
 
 def test_worker_killed_during_a_job_is_replaced_and_the_job_requeued_then_failed(tiny_weights_dir, tmp_path):
-    with server(tiny_weights_dir, tmp_path / "data", tmp_path / "server.log") as (http, process):
+    with server(tiny_weights_dir, tmp_path / "data", tmp_path / "server.log", MAX_QUEUED_JOBS="8") as (http, process):
         long_job = submit(http, steps=LONG_STEPS)
         wait_for(http, long_job["id"], running, WAIT_S)
         short_job = submit(http, steps=2)
@@ -109,7 +87,7 @@ def test_worker_killed_during_a_job_is_replaced_and_the_job_requeued_then_failed
 def test_server_and_worker_killed_together_lose_nothing(tiny_weights_dir, tmp_path):
     """Like the OOM killer taking the whole group: nothing lost, nothing left running, the database intact."""
     data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
-    with server(tiny_weights_dir, data_dir, log_path) as (http, process):
+    with server(tiny_weights_dir, data_dir, log_path, MAX_QUEUED_JOBS="8") as (http, process):
         long_job = submit(http, steps=LONG_STEPS)
         wait_for(http, long_job["id"], running, WAIT_S)
         queued = [submit(http, steps=2) for _ in range(3)]
@@ -120,7 +98,7 @@ def test_server_and_worker_killed_together_lose_nothing(tiny_weights_dir, tmp_pa
     wait_gone(worker)
     assert integrity(data_dir) == "ok"
 
-    with server(tiny_weights_dir, data_dir, log_path) as (http, _):
+    with server(tiny_weights_dir, data_dir, log_path, MAX_QUEUED_JOBS="8") as (http, _):
         listed = http.get("/v1/style/jobs").json()
         assert listed["total"] == 4
         assert not any(j["status"] == "running" and j["attempts"] < 2 and j["id"] != long_job["id"]

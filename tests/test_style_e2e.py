@@ -3,11 +3,8 @@
 import base64
 import io
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
+from tests.test_e2e import start_server, stop, wait_until_ready
 from tests.test_style_api import files, wait_for  # wait_for takes an httpx.Client too
 
 pytestmark = pytest.mark.slow
@@ -26,20 +23,13 @@ JOB_TIMEOUT_S = 60
 LONG_STEPS = 2000
 
 
-def start(weights_dir: Path, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir), "DEVICE": "cpu",
-           "JOB_WORKERS": "1", "MAX_QUEUED_JOBS": "1"}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}"
+STYLE_ENV = {"DEVICE": "cpu", "JOB_WORKERS": "1", "MAX_QUEUED_JOBS": "1"}
 
 
 @contextmanager
-def server(weights_dir: Path, data_dir: Path, log_path: Path):
-    process, base_url = start(weights_dir, data_dir, log_path)
+def server(weights_dir: Path, data_dir: Path, log_path: Path, **env_overrides: str):
+    """A real uvicorn with one style worker; yields an httpx client on it and the process."""
+    process, base_url = start_server(weights_dir, data_dir, log_path, **{**STYLE_ENV, **env_overrides})
     try:
         wait_until_ready(process, base_url, log_path)
         with httpx.Client(base_url=base_url, timeout=30) as http:
