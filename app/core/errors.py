@@ -1,4 +1,5 @@
 """Client errors raised anywhere below the routes, rendered as JSON {"detail": "..."}."""
+import json
 
 
 class APIError(Exception):
@@ -38,3 +39,11 @@ class Unprocessable(APIError):
 
 class ServiceUnavailable(APIError):
     status_code = 503
+
+
+async def send_json_error(send, status: int, detail: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer {"detail": ...} straight from an ASGI middleware, before any route (and its handlers) runs."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,9 +1,8 @@
 """Request body size limit as pure ASGI middleware, so oversized bodies are refused before being read."""
-import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import PayloadTooLarge
+from app.core.errors import PayloadTooLarge, send_json_error
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -67,9 +66,4 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_413(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json_error(send, 413, detail, [(b"connection", b"close")])

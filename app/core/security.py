@@ -7,9 +7,10 @@ against every configured key. Open without a key: /healthz, /readyz, /metrics, /
 middleware sits outside it and answers them.
 """
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import send_json_error
 
 PROTECTED_PREFIX = "/v1"
 
@@ -56,9 +57,4 @@ def _presented_key(scope: Scope) -> bytes | None:
 
 
 async def _send_401(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b"Bearer"),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json_error(send, 401, detail, [(b"www-authenticate", b"Bearer")])
