@@ -1,6 +1,4 @@
 """Shared fixtures: a weights dir of tiny randomly-initialised models, and a running app over it."""
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -10,9 +8,11 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from models.digits import DIGIT_CLASSES, DigitsCNN, DigitsMLP
-from models.objects import CIFAR10_CLASSES, ObjectsResNet
+from models.digits import DIGIT_CLASSES
+from models.objects import CIFAR10_CLASSES
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM
+from training.common import save_model
+from training.evaluate import ARCHITECTURES
 
 READY_TIMEOUT_S = 30
 SENTIMENT_WORDS = [PAD, UNK, "good", "bad", "great", "awful", "movie", "film", "the", "a", "is", "was", "not",
@@ -24,8 +24,6 @@ TINY_MODELS = {
     "sentiment-lstm": ("sentiment", "SentimentLSTM", {"vocab_size": 300, "embed_dim": 16, "hidden": 16},
                        SENTIMENT_CLASSES, True),
 }
-ARCHITECTURES = {"DigitsCNN": DigitsCNN, "DigitsMLP": DigitsMLP, "ObjectsResNet": ObjectsResNet,
-                 "SentimentLSTM": SentimentLSTM}
 
 
 def build_tiny_model(architecture: str, config: dict) -> torch.nn.Module:
@@ -37,23 +35,13 @@ def build_tiny_model(architecture: str, config: dict) -> torch.nn.Module:
 
 
 def write_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
-    """Seeded random instances of all four architectures plus a manifest in the documented format."""
+    """Seeded random instances of all four architectures, saved as the training scripts save theirs."""
     torch.manual_seed(seed)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    entries = {}
     for name, (task, architecture, config, classes, default) in TINY_MODELS.items():
-        model = build_tiny_model(architecture, config)
-        path = weights_dir / f"{name}.pt"
-        torch.save(model.state_dict(), path)
-        entries[name] = {
-            "name": name, "task": task, "default": default, "architecture": architecture, "config": config,
-            "hyperparameters": {"epochs": 0, "seed": seed}, "file": path.name,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "classes": classes,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "metrics": {"dataset": "none", "split": "test", "size": 0, "accuracy": 0.0},
-            "torch_version": torch.__version__, "training_time_s": 0.0, "trained_at": "2026-01-01T00:00:00+00:00",
-        }
-    (weights_dir / "manifest.json").write_text(json.dumps({"models": entries}, indent=2))
+        save_model(build_tiny_model(architecture, config), weights_dir, name=name, task=task,
+                   architecture=architecture, config=config, classes=classes, default=default,
+                   metrics={"dataset": "none", "split": "test", "size": 0, "accuracy": 0.0},
+                   hyperparameters={"epochs": 0, "seed": seed}, training_time_s=0.0, trained_on="tests")
     return weights_dir
 
 

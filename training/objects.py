@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.objects import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, ObjectsResNet
+from app.preprocessing.images import normalise_cifar_uint8
+from models.objects import CIFAR10_CLASSES, ObjectsResNet
 from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
                              seed_everything)
 from training.data import load_cifar_subset
@@ -27,10 +28,7 @@ def parse_args():
 
 def to_tensor(images, device) -> torch.Tensor:
     """uint8 (N, 32, 32, 3) RGB -> normalised float (N, 3, 32, 32), as the server does."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(device)
+    return normalise_cifar_uint8(images).to(device)
 
 
 def augment(cutout: int, pad: int = 4):
