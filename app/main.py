@@ -21,7 +21,7 @@ from app.core.loading import StartupError, resolve_device
 from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
 from app.core.registry import ModelRegistry
 from app.core.security import APIKeyMiddleware
-from app.style.service import StyleService
+from app.style.service import make_style_service
 
 logger = logging.getLogger("app")
 WEB_DIR = Path(__file__).resolve().parent / "web"  # the browser front end: plain HTML/CSS/ES modules, no build
@@ -40,8 +40,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     style_service = None
     try:
         if settings.style_jobs_enabled:
-            # Style jobs run in worker processes, spawned when the first job is queued (see app/style/service.py).
-            style_service = StyleService(settings, registry.device)
+            # Style jobs run in worker processes: this server's own (embedded, spawned when the first job is
+            # queued) or `python -m app.worker` on other hosts (JOB_BACKEND=redis); see app/style/service.py.
+            style_service = make_style_service(settings, registry.device)
             await style_service.start()
             app.state.style_service = style_service
         yield

@@ -41,6 +41,22 @@ class Settings(BaseSettings):
                              "0 queues jobs without running them")
     max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
     result_ttl: float = Field(86400, gt=0, description="seconds a finished style job (record, result) is kept")
+    job_max_attempts: int = Field(2, ge=1, description="times a style job is started before a job whose worker "
+                                  "died (or whose server stopped) is failed: 2 = re-queued once")
+    style_default_size: int = Field(0, ge=0, le=2048, description="output size of a job that names none; 0: 512 px "
+                                    "when DEVICE is CUDA, 256 px on CPU (set it where the API replicas run on CPU "
+                                    "and the workers on GPUs)")
+    job_backend: str = Field("embedded", pattern=r"^(embedded|redis)$", description="embedded: SQLite in DATA_DIR "
+                             "and worker processes of this server; redis: jobs in Redis (REDIS_URL), run by "
+                             "`python -m app.worker` on any host")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis of JOB_BACKEND=redis")
+    redis_namespace: str = Field("model-server", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of every "
+                                 "Redis key this service writes (several deployments can share one Redis)")
+    job_heartbeat_timeout_s: float = Field(30.0, ge=1, description="JOB_BACKEND=redis: a worker silent this long "
+                                           "is dead; its job is retried elsewhere (or failed after "
+                                           "JOB_MAX_ATTEMPTS)")
+    style_result_max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="JOB_BACKEND=redis: largest result "
+                                        "PNG stored in Redis; a job whose result is larger fails with a message")
     style_vgg_weights: Path = Field(PROJECT_ROOT / "weights" / "vgg19_features_0-16.pth",
                                     description="VGG-19 features state_dict for style transfer (the shipped "
                                     "conv1_1..conv3_4 file, or a full VGG-19 features file)")

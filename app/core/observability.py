@@ -77,10 +77,13 @@ class Metrics:
 
     def sync_jobs(self, store: Any) -> None:
         """Count style jobs that finished since the last scrape (blocking: SQLite; call from a thread)."""
-        if not hasattr(store, "finished_since"):
-            return
+        from app.style.jobs import JobStoreUnavailable
+
         with self._jobs_lock:
-            self._sync_jobs(store)
+            try:
+                self._sync_jobs(store)
+            except JobStoreUnavailable:  # counted at a later scrape
+                pass
 
     def _sync_jobs(self, store: Any) -> None:
         since = self._jobs_since - JOB_LOOKBACK_S
@@ -114,7 +117,12 @@ class _ScrapeTimeCollector:
             yield from _model_metrics(registry)
         service = getattr(state, "style_service", None)
         if service is not None:
-            yield from _style_metrics(service)
+            from app.style.jobs import JobStoreUnavailable
+
+            try:
+                yield from list(_style_metrics(service))
+            except JobStoreUnavailable:  # Redis down: the scrape still answers, without the style gauges
+                pass
 
 
 def _model_metrics(registry: Any):

@@ -15,7 +15,7 @@ Life of a job:  queued -> running -> succeeded | failed | cancelled   (queued ->
   while attempts < max_attempts, else failed with a message saying the server stopped.
 * cleanup() deletes finished jobs (row and files) older than RESULT_TTL.
 
-The queue is used through the JobQueue protocol, so another backend (Redis, ...) can replace SQLiteJobQueue.
+The queue is used through the JobQueue protocol; app/style/redis_queue.py is the distributed implementation.
 """
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ class QueueFull(Exception):
 
 class JobNotFound(KeyError):
     pass
+
+
+class JobStoreUnavailable(Exception):
+    """The job store cannot be reached (Redis down or restarting): job routes answer 503, and recover by themselves."""
+
+
+class JobStoreFull(Exception):
+    """The job store refused a write for lack of space (Redis at maxmemory): 507."""
 
 
 def now() -> float:
@@ -109,7 +117,7 @@ class Job:
 class JobQueue(Protocol):
     """What the API and the workers need from a job store."""
 
-    def job_dir(self, job_id: str) -> Path: ...
+    def read_file(self, job_id: str, name: str) -> bytes | None: ...
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
                max_queued: int, job_id: str | None = None) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
@@ -130,6 +138,8 @@ class JobQueue(Protocol):
     def recover_worker(self, worker: str, reason: str = WORKER_DIED) -> list[Job]: ...
     def cleanup(self, ttl_s: float) -> int: ...
     def mean_run_seconds(self) -> float | None: ...
+    def finished_since(self, since: float) -> list[tuple[str, str, float | None, float]]: ...
+    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -245,6 +255,13 @@ class SQLiteJobQueue:
         if not job_id or "/" in job_id or job_id.startswith("."):
             raise ValueError(f"bad job id {job_id!r}")
         return self.files_dir / job_id
+
+    def read_file(self, job_id: str, name: str) -> bytes | None:
+        """One of a job's files (an input, the preview, the result); None when it is not there."""
+        try:
+            return (self.job_dir(job_id) / name).read_bytes()
+        except (OSError, ValueError):
+            return None
 
     def _remove_files(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

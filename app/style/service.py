@@ -8,7 +8,9 @@
 * stop(): workers are asked to stop (a running job is handed back to the queue), then joined, terminated or
   killed after a bounded wait.
 
-One API process owns a DATA_DIR: run uvicorn with one process and scale with JOB_WORKERS.
+One API process owns a DATA_DIR: run uvicorn with one process and scale with JOB_WORKERS. For several API
+replicas and worker hosts, JOB_BACKEND=redis selects RedisStyleService: no local workers, a shared Redis store,
+and `python -m app.worker` on the GPU hosts.
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ import anyio
 import torch
 
 from app.core.config import Settings
-from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, SQLiteJobQueue
+from app.style.engine import StyleParams
+from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobQueue, JobStoreUnavailable, SQLiteJobQueue
 from app.style.worker import WorkerConfig, worker_main
 
 logger = logging.getLogger("app.style")
 
 SUPERVISE_EVERY_S = 0.25
+JANITOR_EVERY_S = 1.0  # JOB_BACKEND=redis: how often each replica looks for jobs of dead workers
 STOP_TIMEOUT_S = 10.0  # how long a worker gets to finish its current step and exit at shutdown
 QUICK_DEATH_S = 10.0  # a worker dying sooner than this after its start counts towards the backoff
 MAX_BACKOFF_S = 30.0
@@ -46,14 +50,45 @@ class WorkerSlot:
     restart_at: float = 0.0  # monotonic time before which no replacement is started (backoff)
 
 
+class _Retention:
+    """What both services share: RESULT_TTL clean-up, the Retry-After estimate and the default output size."""
+
+    settings: Settings
+    device: torch.device
+    store: JobQueue
+    _last_cleanup: float
+
+    @property
+    def default_size(self) -> int:
+        return self.settings.style_default_size or StyleParams().output_size(self.device)
+
+    def _cleanup_every(self) -> float:
+        return min(60.0, max(1.0, self.settings.result_ttl / 4))
+
+    def _cleanup(self) -> None:
+        self._last_cleanup = time.monotonic()
+        deleted = self.store.cleanup(self.settings.result_ttl)
+        if deleted:
+            logger.info("deleted %d style jobs older than RESULT_TTL (%s s)", deleted, self.settings.result_ttl)
+
+    def _cleanup_due(self) -> bool:
+        return time.monotonic() - self._last_cleanup >= self._cleanup_every()
+
+    def retry_after_s(self) -> int:
+        """A rough wait before a full queue has room: the mean run time x queued jobs / workers."""
+        mean = self.store.mean_run_seconds() or 10.0
+        queued = self.store.count(QUEUED)
+        return int(min(3600, max(1, mean * max(1, queued) / max(1, len(self.workers)))))
+
+
 @dataclass
-class StyleService:
+class StyleService(_Retention):
     settings: Settings
     device: torch.device
     store: SQLiteJobQueue = field(init=False)
 
     def __post_init__(self):
-        self.store = SQLiteJobQueue(self.settings.data_dir)
+        self.store = SQLiteJobQueue(self.settings.data_dir, self.settings.job_max_attempts)
         self._ctx = multiprocessing.get_context("spawn")
         self._wake = self._ctx.Event()
         self._stop = self._ctx.Event()
@@ -144,7 +179,7 @@ class StyleService:
                         self._start_worker(slot)
                 if not self._workers_wanted and await anyio.to_thread.run_sync(self.store.count, QUEUED):
                     self.ensure_workers()  # queued by another route into the store (or left from before)
-                if time.monotonic() - self._last_cleanup >= self._cleanup_every():
+                if self._cleanup_due():
                     await anyio.to_thread.run_sync(self._cleanup)
             except asyncio.CancelledError:
                 raise
@@ -166,17 +201,77 @@ class StyleService:
         slot.process = None
         slot.restart_at = time.monotonic() + delay
 
-    def _cleanup_every(self) -> float:
-        return min(60.0, max(1.0, self.settings.result_ttl / 4))
 
-    def _cleanup(self) -> None:
-        self._last_cleanup = time.monotonic()
-        deleted = self.store.cleanup(self.settings.result_ttl)
-        if deleted:
-            logger.info("deleted %d style jobs older than RESULT_TTL (%s s)", deleted, self.settings.result_ttl)
+@dataclass
+class RedisStyleService(_Retention):
+    """JOB_BACKEND=redis: the job store is Redis, jobs travel by Dramatiq, workers run elsewhere (app.worker).
 
-    def retry_after_s(self) -> int:
-        """A rough wait before a full queue has room: the mean run time x queued jobs / workers."""
-        mean = self.store.mean_run_seconds() or 10.0
-        queued = self.store.count(QUEUED)
-        return int(min(3600, max(1, mean * max(1, queued) / max(1, len(self._slots)))))
+    Every replica runs the janitor: jobs of workers whose heartbeat expired are re-queued (or failed after
+    JOB_MAX_ATTEMPTS), and finished jobs older than RESULT_TTL are deleted. Both are atomic scripts, so replicas
+    doing it at the same time do not conflict. When Redis is unreachable the job routes answer 503 (the store
+    raises JobStoreUnavailable) and everything resumes when it is back; the classifiers never touch Redis."""
+
+    settings: Settings
+    device: torch.device
+
+    def __post_init__(self):
+        from app.style.dispatch import make_broker, redis_store
+
+        self.broker = make_broker(self.settings)
+        self.store = redis_store(self.settings, self.broker)
+        self._janitor: asyncio.Task | None = None
+        self._last_cleanup = 0.0
+        self._store_down = False
+
+    async def start(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.store.ping)
+        except JobStoreUnavailable as exc:
+            logger.error("%s; job routes answer 503 until it is reachable", exc)
+            self._store_down = True
+        self._janitor = asyncio.create_task(self._janitor_loop(), name="style-janitor")
+
+    async def stop(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._janitor
+        self.store.close()
+        self.broker.close()
+
+    def notify(self) -> None:
+        """Nothing to do: submit() already sent the job to the workers."""
+
+    @property
+    def workers(self) -> list[dict]:
+        return self.store.workers()
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_EVERY_S)
+            try:
+                changed = await anyio.to_thread.run_sync(self.store.recover_dead_workers)
+                for job_id, status in changed:
+                    logger.warning("job %s: its worker stopped sending heartbeats; now %s", job_id, status)
+                if self._cleanup_due():
+                    await anyio.to_thread.run_sync(self._cleanup)
+                if self._store_down:
+                    logger.info("the job store (Redis) is reachable again")
+                    self._store_down = False
+            except asyncio.CancelledError:
+                raise
+            except JobStoreUnavailable as exc:
+                if not self._store_down:
+                    logger.error("%s; job routes answer 503 until it is back", exc)
+                    self._store_down = True
+            except Exception:
+                logger.exception("style janitor error")
+
+
+AnyStyleService = StyleService | RedisStyleService
+
+
+def make_style_service(settings: Settings, device: torch.device) -> AnyStyleService:
+    if settings.job_backend == "redis":
+        return RedisStyleService(settings, device)
+    return StyleService(settings, device)

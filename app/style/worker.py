@@ -55,6 +55,8 @@ def worker_main(config: WorkerConfig, wake, stop) -> None:
 
 
 class Worker:
+    """The embedded backend's worker process: claims jobs from the SQLite store and runs them."""
+
     def __init__(self, config: WorkerConfig, wake, stop):
         from app.style.jobs import SQLiteJobQueue
 
@@ -63,33 +65,18 @@ class Worker:
         self.wake = wake
         self.stop = stop
         self.store = SQLiteJobQueue(Path(config.data_dir))
-        self.engine = None
-        self.load_error: str | None = None
+        self.runner = JobRunner(self.store, self.id, config.max_image_pixels, stopping=self.stopping)
 
     def parent_alive(self) -> bool:
         return not self.config.parent_pid or os.getppid() == self.config.parent_pid
 
-    def load_engine(self) -> None:
-        import torch
-
-        from app.core.loading import resolve_device
-        from app.style.engine import StyleEngine
-
-        if self.config.torch_threads > 0:
-            torch.set_num_threads(self.config.torch_threads)
-        started = time.monotonic()
-        try:
-            device = resolve_device(self.config.device)
-            self.engine = StyleEngine(self.config.vgg_weights, device)
-        except Exception as exc:  # every job this worker takes will fail with this message
-            self.load_error = f"the style engine could not be loaded: {exc}"
-            logger.error("worker %s: %s", self.id, self.load_error)
-            return
-        logger.info("worker %s (pid %d) ready on %s in %.1f s", self.id, os.getpid(), device,
-                    time.monotonic() - started)
+    def stopping(self) -> bool:
+        if not self.parent_alive():
+            raise ParentGone()
+        return self.stop.is_set()
 
     def serve(self) -> None:
-        self.load_engine()
+        self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads)
         try:
             while not self.stop.is_set() and self.parent_alive():
                 self.wake.clear()
@@ -97,11 +84,44 @@ class Worker:
                 if job is None:
                     self.wake.wait(WAKE_POLL_S)
                     continue
-                self.run(job)
+                self.runner.run(job)
         except ParentGone:
             logger.warning("worker %s: the server process is gone; exiting", self.id)
         finally:
             self.store.close()
+
+
+class JobRunner:
+    """Runs one claimed job on a StyleEngine and records its fate in the store; shared by both backends.
+
+    `stopping()` is True when the process is shutting down (the job is handed back to the queue, not cancelled)."""
+
+    def __init__(self, store, worker_id: str, max_image_pixels: int, stopping):
+        self.store = store
+        self.id = worker_id
+        self.max_image_pixels = max_image_pixels
+        self.stopping = stopping
+        self.engine = None
+        self.load_error: str | None = None
+
+    def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0) -> None:
+        import torch
+
+        from app.core.loading import resolve_device
+        from app.style.engine import StyleEngine
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        started = time.monotonic()
+        try:
+            device = resolve_device(device_name)
+            self.engine = StyleEngine(vgg_weights, device)
+        except Exception as exc:  # every job this worker takes will fail with this message
+            self.load_error = f"the style engine could not be loaded: {exc}"
+            logger.error("worker %s: %s", self.id, self.load_error)
+            return
+        logger.info("worker %s (pid %d) ready on %s in %.1f s", self.id, os.getpid(), device,
+                    time.monotonic() - started)
 
     def run(self, job) -> None:
         from app.core.errors import APIError
@@ -120,10 +140,8 @@ class Worker:
             logger.info("worker %s: job %s %s in %.1f s", self.id, job.id, "succeeded" if done else "was cancelled",
                         time.monotonic() - started)
         except StyleCancelled:
-            if not self.parent_alive():
-                raise ParentGone() from None
-            if self.stop.is_set() and not self.store.should_stop(job.id, self.id):
-                self.store.release(self.id, job.id)  # shutdown, not a cancel: run it again at the next start
+            if self.stopping() and not self.store.should_stop(job.id, self.id):
+                self.store.release(self.id, job.id)  # shutdown, not a cancel: run it again later
                 logger.info("worker %s: job %s handed back to the queue (shutdown)", self.id, job.id)
             else:
                 self.store.mark_cancelled(job.id, self.id)
@@ -132,12 +150,18 @@ class Worker:
             self.store.fail(job.id, f"bad input: {exc.detail}", self.id)
         except ValueError as exc:  # options the engine refuses (layers a partial VGG lacks, style count)
             self.store.fail(job.id, str(exc), self.id)
+        except ParentGone:
+            raise
         except Exception as exc:
             self.fail_unexpected(job, exc)
 
     def fail_unexpected(self, job, exc: Exception) -> None:
         import torch
 
+        from app.style.jobs import JobStoreUnavailable
+
+        if isinstance(exc, JobStoreUnavailable):
+            raise exc  # nothing can be recorded now; the caller decides (the job comes back after the timeout)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
             size = job.params.get("size")
@@ -150,17 +174,17 @@ class Worker:
     def inputs(self, job):
         from app.preprocessing.images import open_image
         from app.style.engine import StyleParams
+        from app.style.presets import preset_path
 
-        folder = self.store.job_dir(job.id)
-        content = open_image((folder / job.inputs["content"]).read_bytes(), self.config.max_image_pixels)
-        styles = []
-        for style in job.inputs["styles"]:
-            if "preset" in style:
-                from app.style.presets import preset_path
+        def upload(name: str):
+            data = self.store.read_file(job.id, name)
+            if data is None:
+                raise ValueError(f"the uploaded image {name!r} of this job is gone from the job store")
+            return open_image(data, self.max_image_pixels)
 
-                styles.append(open_image(Path(preset_path(style["preset"])).read_bytes(), PRESET_MAX_PIXELS))
-            else:
-                styles.append(open_image((folder / style["file"]).read_bytes(), self.config.max_image_pixels))
+        content = upload(job.inputs["content"])
+        styles = [open_image(Path(preset_path(s["preset"])).read_bytes(), PRESET_MAX_PIXELS) if "preset" in s
+                  else upload(s["file"]) for s in job.inputs["styles"]]
         options = {k: v for k, v in job.params.items() if k in StyleParams.model_fields}
         return content, styles, StyleParams(**options)
 
@@ -168,19 +192,27 @@ class Worker:
 class _Progress:
     """on_progress / should_stop for one run: throttled writes to the store, cancellation checks."""
 
-    def __init__(self, worker: Worker, job_id: str):
-        self.worker = worker
+    def __init__(self, runner: JobRunner, job_id: str):
+        self.runner = runner
         self.job_id = job_id
         self.last_write = 0.0
         self.last_preview = 0.0
         self.last_losses: dict | None = None
 
     def should_stop(self) -> bool:
-        w = self.worker
-        return w.stop.is_set() or not w.parent_alive() or w.store.should_stop(self.job_id, w.id)
+        from app.style.jobs import JobStoreUnavailable
+
+        runner = self.runner
+        if runner.stopping():
+            return True
+        try:
+            return runner.store.should_stop(self.job_id, runner.id)
+        except JobStoreUnavailable:
+            return False  # keep optimising through a short store outage; the next check may get through
 
     def __call__(self, info) -> None:
         from app.style.engine import StyleCancelled
+        from app.style.jobs import JobStoreUnavailable
 
         self.last_losses = {k: round(float(v), 6) for k, v in info.losses.items()}
         t = time.monotonic()
@@ -192,8 +224,12 @@ class _Progress:
             preview = png_bytes(info.preview())
             self.last_preview = t
         self.last_write = t
-        if not self.worker.store.update_progress(self.job_id, info.step, info.total, self.last_losses, preview,
-                                                 self.worker.id):
+        try:
+            still_ours = self.runner.store.update_progress(self.job_id, info.step, info.total, self.last_losses,
+                                                           preview, self.runner.id)
+        except JobStoreUnavailable:
+            return  # this progress is lost; the job goes on
+        if not still_ours:
             raise StyleCancelled("the job was cancelled")
 
 

@@ -27,12 +27,13 @@ from app.core.errors import APIError, NotFound, ServiceUnavailable
 from app.preprocessing.images import open_image
 from app.style import jobs as J
 from app.style.engine import MAX_STYLES, StyleParams
-from app.style.service import StyleService
+from app.style.service import AnyStyleService
 
 PREFIX = "/v1/style"
 MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
 SSE_POLL_S = 0.2  # how often an event stream looks at its job
 SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+SSE_STORE_RETRY_S = 1.0  # how often a stream retries a job store that is unreachable
 OPTION_FIELDS = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
                  "style_scale")
 LIST_FIELDS = ("style_weights", "content_layers", "style_layers")  # repeated or comma-separated
@@ -98,8 +99,8 @@ def _errors(*codes: int, **descriptions: str) -> dict[int, dict]:
              413: "body over MAX_UPLOAD_BYTES or image over MAX_IMAGE_PIXELS",
              415: "not multipart/form-data, or a file that is not a supported image",
              422: "invalid options, unknown preset, no style", 429: "MAX_QUEUED_JOBS jobs are queued (Retry-After)",
-             503: "the server is starting",
-             507: "no space left on the data volume to store the job (Retry-After)"}
+             503: "the server is starting, or the job store (Redis) is unreachable (Retry-After)",
+             507: "no space left in the job store (DATA_DIR volume, or Redis memory) for the job (Retry-After)"}
     return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": texts[code]}
             for code in codes}
 
@@ -125,14 +126,14 @@ JOB_REQUEST_BODY = {
 
 # --------------------------------------------------------------------------------------------- helpers
 
-def get_service(request: Request) -> StyleService:
+def get_service(request: Request) -> AnyStyleService:
     service = getattr(request.app.state, "style_service", None)
     if service is None:
         raise ServiceUnavailable("the server is starting; retry shortly", headers={"Retry-After": "2"})
     return service
 
 
-ServiceDep = Annotated[StyleService, Depends(get_service)]
+ServiceDep = Annotated[AnyStyleService, Depends(get_service)]
 
 
 def _base(request: Request) -> str:
@@ -155,12 +156,12 @@ def job_view(job: J.Job, base: str) -> dict:
     }
 
 
-async def _store(service: StyleService, method: str, *args):
+async def _store(service: AnyStyleService, method: str, *args):
     """Store calls run in a worker thread: SQLite may wait on a lock, the event loop must not."""
     return await anyio.to_thread.run_sync(getattr(service.store, method), *args)
 
 
-async def _job_or_404(service: StyleService, job_id: str) -> J.Job:
+async def _job_or_404(service: AnyStyleService, job_id: str) -> J.Job:
     job = await _store(service, "get", job_id)
     if job is None:
         raise NotFound(f"no style job {job_id!r} (unknown, deleted, or expired after RESULT_TTL)")
@@ -243,7 +244,7 @@ def _disk_full(exc: BaseException) -> bool:
     return "disk is full" in str(exc)  # sqlite3: SQLITE_FULL
 
 
-def _queue_full(service: StyleService, queued: int, limit: int) -> APIError:
+def _queue_full(service: AnyStyleService, queued: int, limit: int) -> APIError:
     return APIError(f"the style queue is full ({queued} jobs waiting, MAX_QUEUED_JOBS={limit}); retry later",
                     429, {"Retry-After": str(service.retry_after_s())})
 
@@ -286,7 +287,7 @@ async def _read_files(items: list[tuple[str, Any]]) -> tuple[tuple[str, bytes], 
     return content, styles
 
 
-def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: StyleService) -> tuple[dict, dict]:
+def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: AnyStyleService) -> tuple[dict, dict]:
     """Form fields -> validated StyleParams -> the resolved params stored with the job."""
     options: dict[str, Any] = {}
     for key, value in items:
@@ -310,7 +311,7 @@ def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: St
     except ValueError as exc:
         raise _invalid("style_weights", str(exc)) from None
     resolved = params.model_dump()
-    resolved["size"] = params.output_size(service.device)
+    resolved["size"] = params.size or service.default_size
     resolved["style_weights"] = [round(w, 6) for w in blend]
     if resolved["seed"] is None:
         resolved["seed"] = secrets.randbelow(2**31)  # recorded, so a job can be reproduced
@@ -340,14 +341,8 @@ async def get_job(job_id: str, request: Request, service: ServiceDep) -> dict:
     return job_view(await _job_or_404(service, job_id), _base(request))
 
 
-async def _read_file(service: StyleService, job_id: str, name: str) -> bytes | None:
-    def read() -> bytes | None:
-        try:
-            return (service.store.job_dir(job_id) / name).read_bytes()
-        except (OSError, ValueError):
-            return None
-
-    return await anyio.to_thread.run_sync(read)
+async def _read_file(service: AnyStyleService, job_id: str, name: str) -> bytes | None:
+    return await _store(service, "read_file", job_id, name)
 
 
 def _png(data: bytes, cache: str) -> Response:
@@ -436,7 +431,13 @@ async def job_events(job_id: str, request: Request, service: ServiceDep) -> Stre
             await asyncio.sleep(SSE_POLL_S)
             if await request.is_disconnected():
                 return
-            job = await _store(service, "get", job_id)
+            try:
+                job = await _store(service, "get", job_id)
+            except J.JobStoreUnavailable:  # Redis restarting: keep the stream, say so, and try again
+                if time.monotonic() - last_sent >= SSE_KEEPALIVE_S / 3:
+                    last_sent = time.monotonic()
+                    yield ": job store unreachable, retrying\n\n"
+                await asyncio.sleep(SSE_STORE_RETRY_S)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,504 @@
+"""The distributed job store (JOB_BACKEND=redis): job records and files in Redis, delivery by Dramatiq.
+
+Every API replica and every worker host talks to the same Redis, so each of them sees every job. The records and
+the job's files live in Redis under REDIS_NAMESPACE (default "model-server"):
+
+    <ns>:job:<id>          hash: the job record (the fields of app.style.jobs.Job)
+    <ns>:job:<id>:files    hash: file name -> bytes (uploaded inputs, the latest preview, the result)
+    <ns>:seq               counter: submission order (and queue order)
+    <ns>:jobs              sorted set of every job id by submission order (the listing, newest first)
+    <ns>:queued            sorted set of queued job ids by queue order (queue_position = rank + 1)
+    <ns>:running           set of running job ids
+    <ns>:finished          sorted set of finished job ids by finish time (RESULT_TTL clean-up, metrics)
+    <ns>:durations         list of the last run times (Retry-After estimates)
+    <ns>:worker:<wid>      string with a TTL: the worker is alive; its value is the job it runs ("" when idle)
+
+Delivery is Dramatiq's (app/style/dispatch.py): submit() writes the record, then sends a message holding only
+the job id; whichever worker receives it claim()s the job. Every state change is one Lua script, so replicas,
+workers and the janitor never see half of a change, and a message for a job that is finished, or running on a
+live worker, is dropped by claim(). That makes duplicate messages harmless, so a job that needs running again is
+simply sent again.
+
+A worker killed mid-job stops refreshing its <ns>:worker:<wid> key; after JOB_HEARTBEAT_TIMEOUT_S the janitor
+(run by every API replica) re-queues its job at the back of the queue and sends it again, or fails it once
+JOB_MAX_ATTEMPTS starts were interrupted. A worker that receives such a job before the janitor ran does the same
+in claim().
+
+Redis errors (connection refused, timeout, loading after a restart) become JobStoreUnavailable (the API answers
+503 and keeps trying); writes refused at maxmemory become JobStoreFull (507).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from app.style.jobs import (
+    CANCELLED, FAILED, QUEUED, RUNNING, SERVER_STOPPED, SUCCEEDED, WORKER_DIED,
+    Job, JobStoreFull, JobStoreUnavailable, QueueFull, new_job_id, now,
+)
+
+CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 5.0
+FINISHED_KEEP_MARGIN_S = 3600.0  # finished jobs also expire by themselves this long after RESULT_TTL
+DURATIONS_KEPT = 20
+
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+
+# Lua helpers shared by the scripts below. KEYS are not declared: the scripts build their key names from the
+# namespace, so this store needs one Redis (or a Redis Cluster hash tag in the namespace), not a cluster.
+_LUA_COMMON = """
+local ns = ARGV[1]
+local function jkey(id) return ns .. ':job:' .. id end
+local function fkey(id) return ns .. ':job:' .. id .. ':files' end
+local function is_finished(status) return status == 'succeeded' or status == 'failed' or status == 'cancelled' end
+local function drop_inputs(id)
+  for _, name in ipairs(redis.call('hkeys', fkey(id))) do
+    if name ~= 'result.png' then redis.call('hdel', fkey(id), name) end
+  end
+end
+local function finish(id, status, at, keep_ms)
+  redis.call('hset', jkey(id), 'status', status, 'finished_at', at)
+  redis.call('zrem', ns .. ':queued', id)
+  redis.call('srem', ns .. ':running', id)
+  redis.call('zadd', ns .. ':finished', at, id)
+  drop_inputs(id)
+  redis.call('pexpire', jkey(id), keep_ms)
+  redis.call('pexpire', fkey(id), keep_ms)
+end
+local function requeue(id, notice)
+  redis.call('hset', jkey(id), 'status', 'queued', 'worker', '', 'started_at', '', 'step', 0, 'losses', '',
+             'has_preview', 0, 'error', notice)
+  redis.call('hdel', fkey(id), 'preview.png')
+  redis.call('srem', ns .. ':running', id)
+  redis.call('zadd', ns .. ':queued', redis.call('incr', ns .. ':seq'), id)
+end
+local function owned(id, worker)
+  local rec = redis.call('hmget', jkey(id), 'status', 'worker')
+  return rec[1] == 'running' and rec[2] == worker
+end
+"""
+
+# ARGV: ns, id, max_queued, field, value, ...  ->  {1, seq} or {0, queued}
+_SUBMIT = _LUA_COMMON + """
+local id, max_queued = ARGV[2], tonumber(ARGV[3])
+local queued = redis.call('zcard', ns .. ':queued')
+if queued >= max_queued then return {0, queued} end
+local seq = redis.call('incr', ns .. ':seq')
+redis.call('hset', jkey(id), 'seq', seq, unpack(ARGV, 4))
+redis.call('zadd', ns .. ':jobs', seq, id)
+redis.call('zadd', ns .. ':queued', seq, id)
+return {1, seq}
+"""
+
+# ARGV: ns, id, worker, now, max_attempts, heartbeat_ms, died_message
+#   -> 'claimed' | 'retried' | 'gone' | 'finished' | 'busy' | 'failed'
+_CLAIM = _LUA_COMMON + """
+local id, worker, at, max_attempts, heartbeat_ms, died = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local rec = redis.call('hmget', jkey(id), 'status', 'worker', 'attempts')
+local status, previous, attempts = rec[1], rec[2], tonumber(rec[3] or '0')
+if not status then return 'gone' end
+if is_finished(status) then return 'finished' end
+local outcome = 'claimed'
+if status == 'running' then
+  if previous == worker or redis.call('get', ns .. ':worker:' .. previous) == id then return 'busy' end
+  -- the worker that had it is gone: this delivery is the retry
+  if attempts >= max_attempts then
+    redis.call('hset', jkey(id), 'error', died .. ' (attempt ' .. attempts .. ' of ' .. max_attempts ..
+               '); submit it again')
+    finish(id, 'failed', at, ARGV[8])
+    return 'failed'
+  end
+  redis.call('hset', jkey(id), 'error', died .. '; retried (attempt ' .. attempts .. ' of ' .. max_attempts ..
+             ' was interrupted)')
+  outcome = 'retried'
+end
+redis.call('hset', jkey(id), 'status', 'running', 'started_at', at, 'worker', worker, 'attempts', attempts + 1,
+           'step', 0, 'losses', '', 'has_preview', 0, 'cancel_requested', 0)
+redis.call('hdel', fkey(id), 'preview.png')
+redis.call('zrem', ns .. ':queued', id)
+redis.call('sadd', ns .. ':running', id)
+redis.call('set', ns .. ':worker:' .. worker, id, 'PX', heartbeat_ms)
+return outcome
+"""
+
+# ARGV: ns, id, worker, step, total, losses, preview (or '') -> 1 | 0 (no longer this worker's running job)
+_PROGRESS = _LUA_COMMON + """
+local id, worker = ARGV[2], ARGV[3]
+if not owned(id, worker) then return 0 end
+redis.call('hset', jkey(id), 'step', ARGV[4], 'total', ARGV[5], 'losses', ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('hset', fkey(id), 'preview.png', ARGV[7])
+  redis.call('hset', jkey(id), 'has_preview', 1)
+end
+return 1
+"""
+
+# ARGV: ns, id, worker, now, keep_ms, status, error, losses, result (or ''), started_at -> 1 | 0
+_FINISH = _LUA_COMMON + """
+local id, worker, at, keep_ms, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not owned(id, worker) then return 0 end
+redis.call('hset', jkey(id), 'error', ARGV[7])
+if ARGV[8] ~= '' then redis.call('hset', jkey(id), 'losses', ARGV[8]) end
+if status == 'succeeded' then
+  redis.call('hset', fkey(id), 'result.png', ARGV[9])
+  redis.call('hset', jkey(id), 'step', redis.call('hget', jkey(id), 'total'))
+  redis.call('lpush', ns .. ':durations', tostring(at - tonumber(redis.call('hget', jkey(id), 'started_at'))))
+  redis.call('ltrim', ns .. ':durations', 0, %d)
+end
+finish(id, status, at, keep_ms)
+redis.call('set', ns .. ':worker:' .. worker, '', 'KEEPTTL')
+return 1
+""" % (DURATIONS_KEPT - 1)
+
+# ARGV: ns, id, now, keep_ms -> 1 when it was queued or running (now cancelled), else 0
+_CANCEL = _LUA_COMMON + """
+local id = ARGV[2]
+local status = redis.call('hget', jkey(id), 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('hset', jkey(id), 'cancel_requested', 1)
+finish(id, 'cancelled', ARGV[3], ARGV[4])
+return 1
+"""
+
+# ARGV: ns, id, worker -> 1 when handed back
+_RELEASE = _LUA_COMMON + """
+local id, worker = ARGV[2], ARGV[3]
+if not owned(id, worker) then return 0 end
+requeue(id, '')
+redis.call('hincrby', jkey(id), 'attempts', -1)
+redis.call('set', ns .. ':worker:' .. worker, '', 'KEEPTTL')
+return 1
+"""
+
+# ARGV: ns, now, max_attempts, keep_ms, reason -> {id, new status, ...} for jobs whose worker is gone
+_RECOVER = _LUA_COMMON + """
+local at, max_attempts, keep_ms, reason = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local out = {}
+for _, id in ipairs(redis.call('smembers', ns .. ':running')) do
+  local rec = redis.call('hmget', jkey(id), 'status', 'worker', 'attempts')
+  if rec[1] ~= 'running' then
+    redis.call('srem', ns .. ':running', id)
+  elseif redis.call('get', ns .. ':worker:' .. rec[2]) ~= id then
+    local attempts = tonumber(rec[3] or '0')
+    if attempts < max_attempts then
+      requeue(id, reason .. '; re-queued (attempt ' .. attempts .. ' of ' .. max_attempts .. ' was interrupted)')
+      table.insert(out, id); table.insert(out, 'queued')
+    else
+      redis.call('hset', jkey(id), 'error', reason .. ' (attempt ' .. attempts .. ' of ' .. max_attempts ..
+                 '); submit it again')
+      finish(id, 'failed', at, keep_ms)
+      table.insert(out, id); table.insert(out, 'failed')
+    end
+  end
+end
+return out
+"""
+
+# ARGV: ns, id -> 1 deleted, 0 unknown, or the status of an unfinished job
+_DELETE = _LUA_COMMON + """
+local id = ARGV[2]
+local status = redis.call('hget', jkey(id), 'status')
+if not status then return 0 end
+if not is_finished(status) then return status end
+redis.call('del', jkey(id), fkey(id))
+redis.call('zrem', ns .. ':jobs', id)
+redis.call('zrem', ns .. ':finished', id)
+return 1
+"""
+
+# ARGV: ns, cutoff -> jobs deleted
+_CLEANUP = _LUA_COMMON + """
+local ids = redis.call('zrangebyscore', ns .. ':finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
+for _, id in ipairs(ids) do
+  redis.call('del', jkey(id), fkey(id))
+  redis.call('zrem', ns .. ':jobs', id)
+  redis.call('zrem', ns .. ':finished', id)
+end
+return #ids
+"""
+
+
+def _store_call(method: Callable) -> Callable:
+    """Redis trouble -> JobStoreUnavailable / JobStoreFull, whatever the method was doing."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise JobStoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from None
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith("OOM"):
+                raise JobStoreFull(f"the job store (Redis) is full: {exc}") from None
+            raise
+
+    return wrapper
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast (a job route answers 503 within seconds) and reconnects by itself."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), retry_on_error=[redis.exceptions.ConnectionError])
+
+
+class RedisJobQueue:
+    """JobQueue on Redis. `dispatch(job_id)` sends a job to the workers (Dramatiq); it is called after the record
+    is written, whenever a job is queued: at submit, after a dead worker's job is re-queued, after a release."""
+
+    def __init__(self, client: redis.Redis, dispatch: Callable[[str], None], namespace: str = "model-server",
+                 max_attempts: int = 2, heartbeat_timeout_s: float = 30.0, result_ttl_s: float = 86400.0,
+                 result_max_bytes: int = 64 * 1024 * 1024):
+        self.client = client
+        self.dispatch = dispatch
+        self.ns = namespace
+        self.max_attempts = max_attempts
+        self.heartbeat_ms = int(heartbeat_timeout_s * 1000)
+        self.keep_ms = int((result_ttl_s + FINISHED_KEEP_MARGIN_S) * 1000)
+        self.result_max_bytes = result_max_bytes
+        scripts = {"submit": _SUBMIT, "claim": _CLAIM, "progress": _PROGRESS,
+                   "finish": _FINISH, "cancel": _CANCEL, "release": _RELEASE, "recover": _RECOVER,
+                   "delete": _DELETE, "cleanup": _CLEANUP}
+        # register_script re-loads a script that a restarted Redis forgot (NOSCRIPT) by itself
+        self._scripts = {name: client.register_script(body) for name, body in scripts.items()}
+
+    def _run(self, script: str, *args: Any) -> Any:
+        return self._scripts[script](args=[self.ns, *args])
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------ records
+
+    def _to_job(self, record: dict[bytes, bytes], position: int | None = None) -> Job:
+        r = {k.decode(): v.decode() for k, v in record.items()}
+
+        def number(name: str) -> float | None:
+            return float(r[name]) if r.get(name) else None
+
+        status = r["status"]
+        return Job(
+            id=r["id"], status=status, params=json.loads(r["params"]), inputs=json.loads(r["inputs"]),
+            created_at=float(r["created_at"]), started_at=number("started_at"), finished_at=number("finished_at"),
+            step=int(r.get("step") or 0), total=int(r["total"]),
+            losses=json.loads(r["losses"]) if r.get("losses") else None, error=r.get("error") or None,
+            attempts=int(r.get("attempts") or 0), cancel_requested=r.get("cancel_requested") == "1",
+            worker=r.get("worker") or None, has_preview=r.get("has_preview") == "1", seq=int(r["seq"]),
+            queue_position=position + 1 if status == QUEUED and position is not None else None)
+
+    def _jobs(self, ids: list[str]) -> list[Job | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._key("job", job_id))
+            pipe.zrank(self._key("queued"), job_id)
+        replies = pipe.execute()
+        return [self._to_job(record, position) if record else None
+                for record, position in zip(replies[::2], replies[1::2])]
+
+    # ------------------------------------------------------------------ API side
+
+    @_store_call
+    def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
+               max_queued: int, job_id: str | None = None) -> Job:
+        job_id = job_id or new_job_id()
+        files = {content[0]: content[1], **{s["file"]: s["data"] for s in styles if "data" in s}}
+        inputs = {"content": content[0], "styles": [{k: v for k, v in s.items() if k != "data"} for s in styles]}
+        record = {"id": job_id, "status": QUEUED, "params": json.dumps(params), "inputs": json.dumps(inputs),
+                  "created_at": repr(now()), "total": int(total), "step": 0, "attempts": 0}
+        self.client.hset(self._key("job", job_id, "files"), mapping=files)
+        try:
+            accepted, number = self._run("submit", job_id, max_queued, *_flatten(record))
+            if not accepted:
+                raise QueueFull(number, max_queued)
+            self.dispatch(job_id)
+        except BaseException:
+            self._forget(job_id)
+            raise
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def _forget(self, job_id: str) -> None:
+        """Undo a submit that could not be completed (best effort: Redis may be the reason)."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self._key("job", job_id), self._key("job", job_id, "files"))
+            pipe.zrem(self._key("jobs"), job_id)
+            pipe.zrem(self._key("queued"), job_id)
+            pipe.execute()
+        except redis.exceptions.RedisError:
+            pass
+
+    @_store_call
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs([job_id])[0]
+
+    @_store_call
+    def list(self, limit: int, offset: int) -> tuple[list[Job], int]:
+        """Newest first, and the total number of jobs (ids whose record expired are dropped from the index)."""
+        ids = [i.decode() for i in self.client.zrevrange(self._key("jobs"), offset, offset + limit - 1)]
+        jobs = self._jobs(ids)
+        expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
+        if expired:
+            self.client.zrem(self._key("jobs"), *expired)
+        return [job for job in jobs if job is not None], self.client.zcard(self._key("jobs"))
+
+    @_store_call
+    def count(self, status: str) -> int:
+        if status == QUEUED:
+            return self.client.zcard(self._key("queued"))
+        if status == RUNNING:
+            return self.client.scard(self._key("running"))
+        raise ValueError(f"count() knows queued and running, not {status!r}")
+
+    @_store_call
+    def read_file(self, job_id: str, name: str) -> bytes | None:
+        return self.client.hget(self._key("job", job_id, "files"), name)
+
+    @_store_call
+    def cancel(self, job_id: str) -> Job | None:
+        self._run("cancel", job_id, repr(now()), self.keep_ms)
+        return self.get(job_id)
+
+    @_store_call
+    def delete(self, job_id: str) -> bool:
+        outcome = self._run("delete", job_id)
+        if isinstance(outcome, bytes):
+            raise ValueError(f"job {job_id} is {outcome.decode()}; cancel it first")
+        return bool(outcome)
+
+    @_store_call
+    def mean_run_seconds(self) -> float | None:
+        durations = [float(d) for d in self.client.lrange(self._key("durations"), 0, -1)]
+        return sum(durations) / len(durations) if durations else None
+
+    @_store_call
+    def finished_since(self, since: float) -> list[tuple[str, str, float | None, float]]:
+        """(id, status, started_at, finished_at) of jobs finished after `since`, across the whole deployment."""
+        pairs = self.client.zrangebyscore(self._key("finished"), f"({since!r}", "+inf", withscores=True)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, _ in pairs:
+            pipe.hmget(self._key("job", job_id.decode()), "status", "started_at")
+        out = []
+        for (job_id, finished_at), (status, started_at) in zip(pairs, pipe.execute()):
+            if status is not None:
+                out.append((job_id.decode(), status.decode(), float(started_at) if started_at else None,
+                            finished_at))
+        return out
+
+    @_store_call
+    def workers(self) -> list[dict]:
+        """The live workers (their heartbeat key exists) and the job each runs."""
+        prefix = self._key("worker", "")
+        keys = sorted(self.client.scan_iter(match=prefix + "*", count=100))
+        values = self.client.mget(keys) if keys else []
+        return [{"id": key.decode()[len(prefix):], "alive": True, "job": value.decode() or None}
+                for key, value in zip(keys, values) if value is not None]
+
+    # ------------------------------------------------------------------ worker side
+
+    @_store_call
+    def claim_job(self, job_id: str, worker: str) -> tuple[str, Job | None]:
+        """A worker received `job_id`: ('claimed' | 'retried', the job now running on it), or (why not, None):
+        'gone' (deleted/expired), 'finished' (cancelled meanwhile), 'busy' (running on a live worker: a duplicate
+        delivery) or 'failed' (its worker died once too often)."""
+        outcome = self._run("claim", job_id, worker, repr(now()), self.max_attempts, self.heartbeat_ms,
+                            WORKER_DIED, self.keep_ms).decode()
+        return outcome, self.get(job_id) if outcome in ("claimed", "retried") else None
+
+    def claim(self, worker: str) -> Job | None:
+        raise NotImplementedError("with JOB_BACKEND=redis, Dramatiq delivers jobs: see claim_job()")
+
+    @_store_call
+    def heartbeat(self, worker: str, job_id: str | None) -> None:
+        """The worker is alive and runs `job_id` (None: idle). The caller serialises this with claim_job()."""
+        self.client.set(self._key("worker", worker), job_id or "", px=self.heartbeat_ms)
+
+    @_store_call
+    def forget_worker(self, worker: str) -> None:
+        """A worker that stops cleanly leaves the live list at once."""
+        self.client.delete(self._key("worker", worker))
+
+    @_store_call
+    def should_stop(self, job_id: str, worker: str | None = None) -> bool:
+        status, cancel, owner = self.client.hmget(self._key("job", job_id), "status", "cancel_requested", "worker")
+        return (status != RUNNING.encode() or cancel == b"1"
+                or (worker is not None and owner != worker.encode()))
+
+    @_store_call
+    def update_progress(self, job_id: str, step: int, total: int, losses: dict | None,
+                        preview_png: bytes | None = None, worker: str | None = None) -> bool:
+        return bool(self._run("progress", job_id, worker or "", int(step), int(total),
+                              json.dumps(losses) if losses is not None else "", preview_png or b""))
+
+    def _finish(self, job_id: str, worker: str | None, status: str, error: str = "", losses: dict | None = None,
+                result: bytes = b"") -> bool:
+        return bool(self._run("finish", job_id, worker or "", repr(now()), self.keep_ms, status, error,
+                              json.dumps(losses) if losses is not None else "", result))
+
+    @_store_call
+    def finish(self, job_id: str, result_png: bytes, losses: dict | None = None,
+               worker: str | None = None) -> bool:
+        if len(result_png) > self.result_max_bytes:
+            return self._finish(job_id, worker, FAILED, f"the result PNG is {len(result_png)} bytes, over the "
+                                f"{self.result_max_bytes} bytes the job store keeps (STYLE_RESULT_MAX_BYTES); "
+                                "ask for a smaller size")
+        return self._finish(job_id, worker, SUCCEEDED, losses=losses, result=result_png)
+
+    @_store_call
+    def fail(self, job_id: str, error: str, worker: str | None = None) -> bool:
+        return self._finish(job_id, worker, FAILED, error)
+
+    @_store_call
+    def mark_cancelled(self, job_id: str, worker: str | None = None) -> bool:
+        return self._finish(job_id, worker, CANCELLED)
+
+    @_store_call
+    def release(self, worker: str, job_id: str | None = None) -> list[str]:
+        """A worker stopping for a shutdown hands its job back: queued again (at the back), the attempt not
+        counted, and sent again."""
+        ids = [job_id] if job_id else [i.decode() for i in self.client.smembers(self._key("running"))]
+        released = [i for i in ids if self._run("release", i, worker)]
+        for released_id in released:
+            self.dispatch(released_id)
+        return released
+
+    # ------------------------------------------------------------------ recovery and retention
+
+    @_store_call
+    def recover_dead_workers(self, reason: str = WORKER_DIED) -> list[tuple[str, str]]:
+        """Running jobs whose worker's heartbeat key expired (or moved on): re-queued and sent again while
+        attempts remain, else failed. Returns (id, new status) pairs. Safe to run from every replica at once."""
+        flat = self._run("recover", repr(now()), self.max_attempts, self.keep_ms, reason)
+        changed = [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+        for job_id, status in changed:
+            if status == QUEUED:
+                self.dispatch(job_id)
+        return changed
+
+    def recover_orphans(self, reason: str = SERVER_STOPPED) -> list[Job]:
+        return []  # jobs belong to workers, not to an API process: recover_dead_workers() covers them
+
+    def recover_worker(self, worker: str, reason: str = WORKER_DIED) -> list[Job]:
+        return []
+
+    @_store_call
+    def cleanup(self, ttl_s: float) -> int:
+        return int(self._run("cleanup", repr(now() - ttl_s)))
+
+    @_store_call
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+
+def _flatten(mapping: dict) -> list:
+    return [item for pair in mapping.items() for item in pair]
+
