@@ -46,6 +46,7 @@ CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 FINISHED_KEEP_MARGIN_S = 3600.0  # finished jobs also expire by themselves this long after RESULT_TTL
 DURATIONS_KEPT = 20
+WORKER_LOST = "the worker running this job stopped sending heartbeats (killed, crashed or cut off from Redis)"
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 
@@ -411,7 +412,7 @@ class RedisJobQueue:
         'gone' (deleted/expired), 'finished' (cancelled meanwhile), 'busy' (running on a live worker: a duplicate
         delivery) or 'failed' (its worker died once too often)."""
         outcome = self._run("claim", job_id, worker, repr(now()), self.max_attempts, self.heartbeat_ms,
-                            WORKER_DIED, self.keep_ms).decode()
+                            WORKER_LOST, self.keep_ms).decode()
         return outcome, self.get(job_id) if outcome in ("claimed", "retried") else None
 
     def claim(self, worker: str) -> Job | None:
@@ -474,7 +475,7 @@ class RedisJobQueue:
     # ------------------------------------------------------------------ recovery and retention
 
     @_store_call
-    def recover_dead_workers(self, reason: str = WORKER_DIED) -> list[tuple[str, str]]:
+    def recover_dead_workers(self, reason: str = WORKER_LOST) -> list[tuple[str, str]]:
         """Running jobs whose worker's heartbeat key expired (or moved on): re-queued and sent again while
         attempts remain, else failed. Returns (id, new status) pairs. Safe to run from every replica at once."""
         flat = self._run("recover", repr(now()), self.max_attempts, self.keep_ms, reason)
