@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 
-.PHONY: install browser serve test bench train evaluate clean
+.PHONY: install browser redis serve test bench train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,14 @@ browser:
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null; }
 	@test -x /usr/bin/chromium || { echo "Chromium is needed for tests/test_web.py: install Debian's chromium package"; exit 1; }
 
-test: install browser
+# The JOB_BACKEND=redis tests start a real redis-server; install Debian's package when missing.
+redis:
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null || { echo "redis-server is needed for the JOB_BACKEND=redis tests: install Debian's redis-server package"; exit 1; }
+
+test: install browser redis
 	$(BIN)/python -m pytest
 
 bench: install

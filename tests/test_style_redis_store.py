@@ -4,10 +4,14 @@ import secrets
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 
+from app.main import create_app
 from app.style import jobs as J
 from app.style.redis_queue import RedisJobQueue, connect
+from tests.conftest import make_settings, wait_until_ready
 from tests.redis_server import RedisServer, free_port
+from tests.test_style_api import files
 
 HEARTBEAT_S = 1.0
 
@@ -201,3 +205,35 @@ def test_an_unreachable_redis_is_reported_quickly(sent):
             call()
     assert time.monotonic() - started < 5
     assert sent == []
+
+
+def test_the_api_janitor_deletes_jobs_after_result_ttl(redis_server, tiny_weights_dir, tmp_path):
+    settings = make_settings(tiny_weights_dir, tmp_path, job_backend="redis", redis_url=redis_server.url,
+                             redis_namespace=f"ttl-{secrets.token_hex(4)}", result_ttl=1)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        job = client.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": "2"}).json()
+        assert client.delete(f"/v1/style/jobs/{job['id']}").json()["status"] == "cancelled"
+        deadline = time.monotonic() + 10
+        while client.get(f"/v1/style/jobs/{job['id']}").status_code == 200:
+            assert time.monotonic() < deadline, "the cancelled job outlived RESULT_TTL"
+            time.sleep(0.2)
+        assert client.get(f"/v1/style/jobs/{job['id']}").status_code == 404
+        assert client.get("/v1/style/jobs").json()["total"] == 0
+
+
+def test_the_api_answers_503_for_jobs_while_redis_is_down(tiny_weights_dir, tmp_path):
+    settings = make_settings(tiny_weights_dir, tmp_path, job_backend="redis",
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        for method, path in (("GET", "/v1/style/jobs"), ("GET", "/v1/style/jobs/some-id"),
+                             ("DELETE", "/v1/style/jobs/some-id"), ("GET", "/v1/style/jobs/some-id/result")):
+            response = client.request(method, path)
+            assert response.status_code == 503 and "Redis" in response.json()["detail"], (path, response.text)
+            assert response.headers["retry-after"] == "2"
+        submitted = client.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": "2"})
+        assert submitted.status_code == 503
+        assert client.get("/v1/style/presets").status_code == 200  # needs no store
+        assert client.post("/v1/sentiment/predict", json={"text": "great"}).status_code == 200
+        assert client.get("/metrics").status_code == 200
