@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -188,6 +189,10 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(cluster):
 def test_redis_restart_gives_503_on_job_routes_only_and_recovers(cluster):
     before = submit(cluster.a, SHORT_STEPS)
     wait_for(cluster.a, before["id"], finished)
+    through = submit(cluster.a, LONG_STEPS)  # runs through the outage, watched by an event stream
+    wait_for(cluster.b, through["id"], running)
+    stream = ThreadPoolExecutor(1).submit(read_events, cluster.b, through["id"], 90)
+    time.sleep(0.5)
     cluster.redis.stop()
     for http in (cluster.a, cluster.b):
         started = time.monotonic()
@@ -202,6 +207,11 @@ def test_redis_restart_gives_503_on_job_routes_only_and_recovers(cluster):
     for http in (cluster.a, cluster.b):
         back = wait_for_status(http, f"/v1/style/jobs/{before['id']}", 200)
         assert back.json()["status"] == "succeeded"
+    resumed = wait_for(cluster.a, through["id"], running)["progress"]["step"]
+    assert wait_for(cluster.a, through["id"], lambda j: j["progress"]["step"] > resumed)["attempts"] == 1
+    assert cluster.a.delete(f"/v1/style/jobs/{through['id']}").json()["status"] == "cancelled"
+    events = stream.result(timeout=30)  # the stream outlived the outage and ended with the job
+    assert events[-1][0] == "status" and events[-1][1]["status"] == "cancelled", events[-3:]
     after = submit(cluster.b, SHORT_STEPS)  # the workers reconnected by themselves
     assert wait_for(cluster.a, after["id"], finished, timeout=60)["status"] == "succeeded"
 
