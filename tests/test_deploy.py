@@ -288,3 +288,228 @@ def test_compose_defaults_match_the_app():
             f"{name}: compose default {default!r}, app default {field.default!r}"
     for name, value in intended.items():
         assert _DEFAULT.match(_environment()[name]).group(2) == value
+
+
+# --- Distributed profile (JOB_BACKEND=redis) ----------------------------------------------------------------------
+
+DISTRIBUTED = ("redis", "api-replica", "proxy", "style-worker")
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _service(name: str, path: Path = COMPOSE) -> dict:
+    return _load(path)["services"][name]
+
+
+def _default(value) -> str:
+    match = _DEFAULT.match(str(value))
+    assert match, f"{value!r} should read ${{VAR:-default}}"
+    return match.group(2)
+
+
+def test_distributed_profile_services():
+    services = _load(COMPOSE)["services"]
+    for name in DISTRIBUTED:
+        assert services[name].get("profiles") == ["distributed"], f"{name} must be in (only) profile distributed"
+    assert "profiles" not in services["api"], "api stays the default service: `docker compose up` is unchanged"
+    assert {"api", *DISTRIBUTED} <= set(services)
+    for name in ("api-replica", "style-worker"):
+        assert services[name]["image"] == services["api"]["image"]
+        assert services[name]["build"] == services["api"]["build"]
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["init"] is True and services[name]["restart"] == "unless-stopped"
+    for name in ("redis", "api-replica", "style-worker"):
+        assert "ports" not in services[name], f"{name} must not publish a port (the proxy is the way in)"
+
+
+def test_redis_service_keeps_jobs():
+    compose = _load(COMPOSE)
+    redis = compose["services"]["redis"]
+    assert re.fullmatch(r"redis:7(\.\d+)*-(alpine|bookworm)", redis["image"])
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2]))
+    assert options["--appendonly"] == "yes", "jobs must survive a Redis restart"
+    assert options["--maxmemory-policy"] == "noeviction", "an evicted key is a lost job"
+    assert _DEFAULT.match(options["--maxmemory"]).group(1) == "REDIS_MAXMEMORY"
+    assert re.fullmatch(r"\d+[kmg]b", _default(options["--maxmemory"]))
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data" and volume in compose["volumes"], "the append-only file needs a named volume"
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_api_replicas_use_redis():
+    services = _load(COMPOSE)["services"]
+    replica = services["api-replica"]
+    assert _DEFAULT.match(str(replica["deploy"]["replicas"])).group(1) == "API_REPLICAS"
+    assert int(_default(replica["deploy"]["replicas"])) == 2
+    env = replica["environment"]
+    assert env["JOB_BACKEND"] == "redis"
+    url = _default(env["REDIS_URL"])
+    assert re.fullmatch(r"redis://redis:6379/\d+", url) and "redis" in services
+    assert replica["healthcheck"] == services["api"]["healthcheck"]
+    assert "deploy" in replica and "resources" not in replica["deploy"], "the GPUs go to the style workers"
+    assert int(_default(env["STYLE_DEFAULT_SIZE"])) == 512
+
+
+def test_replicas_share_the_api_settings():
+    """No drift: the replicas get every setting of `api` (same interpolation), except the ones that differ on
+    purpose."""
+    api, replica = _environment(), _environment_of("api-replica")
+    differ = {"DEVICE", "JOB_WORKERS", "FORWARDED_ALLOW_IPS"}
+    for name, value in api.items():
+        if name not in differ:
+            assert replica.get(name) == value, f"api-replica: {name} is {replica.get(name)!r}, api has {value!r}"
+    assert _DEFAULT.match(replica["DEVICE"]).group(1) == "REPLICA_DEVICE"
+
+
+def test_style_workers():
+    services = _load(COMPOSE)["services"]
+    worker = services["style-worker"]
+    assert worker["command"][:3] == ["python", "-m", "app.worker"]
+    devices = worker["command"][worker["command"].index("--devices") + 1]
+    assert _default(devices) == "all"
+    assert _DEFAULT.match(str(worker["deploy"]["replicas"])).group(1) == "STYLE_WORKERS"
+    assert int(_default(worker["deploy"]["replicas"])) >= 1
+    reservations = worker["deploy"]["resources"]["reservations"]["devices"]
+    # count: all (not 1): Docker hands the same first GPU to every replica of a `count: 1` reservation.
+    assert reservations == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
+    assert grace and int(grace.group(1)) > 30, "the worker's stop waits up to 30 s for the job to hand itself back"
+    assert worker["stop_signal"] == "SIGTERM"
+    assert worker["healthcheck"] == {"disable": True}, "no HTTP port: the image's /healthz check must be off"
+    env, replica = worker["environment"], services["api-replica"]["environment"]
+    assert env["JOB_BACKEND"] == "redis"
+    for name in ("REDIS_URL", "REDIS_NAMESPACE", "JOB_MAX_ATTEMPTS", "JOB_HEARTBEAT_TIMEOUT_S", "RESULT_TTL",
+                 "STYLE_RESULT_MAX_BYTES", "MAX_IMAGE_PIXELS", "TORCH_THREADS", "LOG_LEVEL", "LOG_FORMAT"):
+        assert name in env and env[name] == replica[name], f"style-worker and api-replica disagree on {name}"
+
+
+def test_cpu_override_keeps_the_worker_replicas(validator):
+    merged = _merge(_load(COMPOSE), _load(COMPOSE_CPU))
+    assert _errors(validator, merged) == []
+    worker = merged["services"]["style-worker"]
+    assert "resources" not in worker["deploy"], "the CPU override must drop the workers' GPU reservation"
+    assert worker["deploy"]["replicas"] == _service("style-worker")["deploy"]["replicas"]
+    assert merged["services"]["api-replica"]["deploy"] == _service("api-replica")["deploy"]
+    assert int(_default(merged["services"]["api-replica"]["environment"]["STYLE_DEFAULT_SIZE"])) == 256
+    for name in DISTRIBUTED:
+        assert merged["services"][name]["profiles"] == ["distributed"]
+
+
+def _environment_of(service: str, path: Path = COMPOSE) -> dict[str, str]:
+    env = _load(path)["services"][service]["environment"]
+    assert isinstance(env, dict)
+    return env
+
+
+@pytest.mark.parametrize("service", ["api-replica", "style-worker"])
+def test_distributed_defaults_are_valid_settings(service, monkeypatch):
+    from app.core.config import Settings
+
+    fixed = {"JOB_BACKEND", "FORWARDED_ALLOW_IPS"}  # not interpolated: JOB_BACKEND=redis is what the profile is
+    env = _environment_of(service)
+    values = {}
+    for name, value in env.items():
+        if name in fixed:
+            values[name] = str(value)
+            continue
+        match = _DEFAULT.match(str(value))
+        assert match, f"{service}: {name} should read ${{VAR:-default}}, not {value!r}"
+        values[name] = match.group(2)
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(values) - {"FORWARDED_ALLOW_IPS"} <= fields, f"not settings: {sorted(set(values) - fields)}"
+    for name in fields:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    assert settings.job_backend == "redis" and settings.redis_url.startswith("redis://redis:")
+    for name in ("JOB_MAX_ATTEMPTS", "JOB_HEARTBEAT_TIMEOUT_S", "STYLE_RESULT_MAX_BYTES", "REDIS_NAMESPACE"):
+        # the same defaults as the app, so a worker started by hand (docs/deploy.md) agrees with the containers
+        assert str(getattr(settings, name.lower())) == str(Settings.model_fields[name.lower()].default) or \
+            float(getattr(settings, name.lower())) == float(Settings.model_fields[name.lower()].default), name
+
+
+def test_docs_list_every_compose_variable():
+    """Every variable the Compose files read (settings and Compose-only ones alike) is in docs/deploy.md."""
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    names = {m.group(1) for path in (COMPOSE, COMPOSE_CPU) for m in _VARIABLE.finditer(path.read_text())}
+    assert {"PROXY_PORT", "API_REPLICAS", "STYLE_WORKERS", "REDIS_MAXMEMORY"} <= names
+    missing = sorted(name for name in names if f"`{name}`" not in docs)
+    assert not missing, f"docs/deploy.md does not document {missing}"
+
+
+def test_proxy_service():
+    proxy = _service("proxy")
+    assert re.fullmatch(r"nginx:1\.\d+(\.\d+)?-alpine", proxy["image"])
+    port = proxy["ports"][0]
+    assert "${PROXY_PORT:-8080}" in port and port.endswith(":80")
+    source, target, mode = proxy["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == NGINX_CONF and NGINX_CONF.is_file()
+    assert target == "/etc/nginx/nginx.conf" and mode == "ro"
+
+
+def _nginx_blocks(text: str) -> dict[str, str]:
+    """The body of each `location` block (no nested blocks in them), by its argument."""
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^{}]*)\}", text)}
+
+
+def test_nginx_conf_properties():
+    from app.core.config import Settings
+
+    text = "\n".join(line.split("#")[0] for line in NGINX_CONF.read_text().splitlines())
+    # the upstream is the api-replica service, on the port the image listens on, re-resolved by Docker's DNS
+    upstream = re.search(r"set\s+\$(\w+)\s+http://([\w-]+):(\d+);", text)
+    assert upstream and upstream.group(2) == "api-replica" and upstream.group(3) == _last("EXPOSE")
+    assert re.search(r"resolver\s+127\.0\.0\.11\b[^;]*valid=\d+s", text)
+    listen = re.search(r"listen\s+(\d+)", text)
+    assert listen and _service("proxy")["ports"][0].endswith(f":{listen.group(1)}")
+
+    size = re.search(r"client_max_body_size\s+(\d+)([km]?);", text)
+    assert size, "client_max_body_size missing"
+    limit = int(size.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[size.group(2)]
+    upload = int(_default(_environment()["MAX_UPLOAD_BYTES"]))
+    assert upload == Settings.model_fields["max_upload_bytes"].default
+    assert upload <= limit <= upload + 2 * 1024 ** 2, "the proxy's body limit should follow MAX_UPLOAD_BYTES"
+
+    assert re.search(r"proxy_http_version\s+1\.1;", text)
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Request-ID"):
+        assert re.search(rf"proxy_set_header\s+{header}\s", text), f"{header} is not passed on"
+
+    locations = _nginx_blocks(text)
+    pattern, events = next(((arg.lstrip("~ ").strip(), body) for arg, body in locations.items()
+                            if arg.startswith("~") and "events" in arg), (None, None))
+    assert events is not None, "no location for the SSE event streams"
+    assert re.fullmatch(pattern, "/v1/style/jobs/0123abcd/events")
+    assert not re.fullmatch(pattern, "/v1/style/jobs/0123abcd/result")
+    assert re.search(r"proxy_buffering\s+off;", events)
+    timeout = re.search(r"proxy_read_timeout\s+(\d+)([smh]);", events)
+    assert timeout and int(timeout.group(1)) * {"s": 1, "m": 60, "h": 3600}[timeout.group(2)] >= 600
+    for body in locations.values():
+        if "proxy_pass" in body:
+            assert f"proxy_pass ${upstream.group(1)};" in body
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nginx_accepts_the_config(tmp_path):
+    """`nginx -t` on a copy: pid file and listen port moved to what an unprivileged user may use (nginx -t opens
+    both). Skipped without nginx (Debian: apt-get install nginx-light); the structure is checked above anyway."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                           if os.access(p, os.X_OK)), None)
+    if binary is None:
+        pytest.skip("nginx not installed (apt-get install nginx-light)")
+    text, count = re.subn(r"listen\s+80\b", f"listen 127.0.0.1:{_free_port()}", NGINX_CONF.read_text())
+    assert count == 1
+    copy = tmp_path / "nginx.conf"
+    copy.write_text(f"pid {tmp_path}/nginx.pid;\n{text}")
+    done = subprocess.run([binary, "-t", "-q", "-p", str(tmp_path), "-e", "stderr", "-c", str(copy)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"nginx -t:\n{done.stdout}{done.stderr}"
