@@ -31,6 +31,7 @@ logger = logging.getLogger("app.worker")
 
 STOP_TIMEOUT_S = 30.0  # how long the running job gets to reach its next step and hand itself back
 CLAIM_RETRY_S = 1.0
+POLL_MS = 100  # longest pause between two looks at the queue
 RESTART_BACKOFF_S = (1.0, 30.0)
 
 
@@ -105,7 +106,9 @@ class RedisWorker:
         self.store.heartbeat(self.id, None)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=500)
+        # A busy consumer (prefetch 1) backs off between polls up to worker_timeout, and the next job waits out the
+        # rest of that sleep: 100 ms keeps the gap between two jobs short for one cheap script call per poll.
+        worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=POLL_MS)
         worker.queue_prefetch = 1  # one job held at a time: the next waits in Redis for whichever worker is free
         worker.start()
         logger.info("worker %s listening on %s (namespace %s)", self.id, _redacted(self.settings.redis_url),
@@ -161,27 +164,28 @@ def supervise(devices: list[str]) -> None:
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    children: dict[str, multiprocessing.process.BaseProcess] = {}
-    backoff = {device: RESTART_BACKOFF_S[0] for device in devices}
-    restart_at = {device: 0.0 for device in devices}
+    children: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
+    backoff = [RESTART_BACKOFF_S[0]] * len(devices)
+    restart_at = [0.0] * len(devices)
     while not stopping.is_set():
-        for device in devices:
-            child = children.get(device)
+        for slot, device in enumerate(devices):
+            child = children[slot]
             if child is not None and child.is_alive():
                 continue
             if child is not None:
                 logger.error("worker on %s exited with %s; restarting it in %.0f s", device, child.exitcode,
-                             backoff[device])
-                restart_at[device] = time.monotonic() + backoff[device]
-                backoff[device] = min(RESTART_BACKOFF_S[1], backoff[device] * 2)
-                children.pop(device)
-            elif time.monotonic() >= restart_at[device]:
-                children[device] = ctx.Process(target=serve_device, args=(device,), name=f"style-worker-{device}")
-                children[device].start()
+                             backoff[slot])
+                restart_at[slot] = time.monotonic() + backoff[slot]
+                backoff[slot] = min(RESTART_BACKOFF_S[1], backoff[slot] * 2)
+                children[slot] = None
+            elif time.monotonic() >= restart_at[slot]:
+                children[slot] = ctx.Process(target=serve_device, args=(device,), name=f"style-worker-{slot}")
+                children[slot].start()
         stopping.wait(0.5)
-    for child in children.values():
+    running = [child for child in children if child is not None]
+    for child in running:
         child.terminate()  # SIGTERM: each hands its job back
-    for child in children.values():
+    for child in running:
         child.join(STOP_TIMEOUT_S + 5)
         if child.is_alive():
             child.kill()

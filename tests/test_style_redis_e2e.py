@@ -224,3 +224,39 @@ def wait_for_status(http: httpx.Client, path: str, status: int, timeout: float =
             assert response.status_code == status, response.text
             return response
         time.sleep(0.2)
+
+
+def test_one_worker_command_runs_a_process_per_device(cluster, tmp_path):
+    """`--devices cpu,cpu` stands in for two GPUs: a child per device, a job each at once, SIGTERM stops all."""
+    from app.core.config import Settings
+    from app.style.dispatch import make_broker, redis_store
+
+    namespace = f"devices-{secrets.token_hex(4)}"
+    env = {**cluster.workers.env, "REDIS_NAMESPACE": namespace}
+    settings = Settings(job_backend="redis", redis_url=cluster.redis.url, redis_namespace=namespace)
+    broker = make_broker(settings)
+    store = redis_store(settings, broker)
+    log_path = tmp_path / "devices.log"
+    with open(log_path, "ab") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "app.worker", "--devices", "cpu,cpu"], cwd=REPO_ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while len(store.workers()) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        jobs = [store.submit({"size": 64, "steps": LONG_STEPS}, LONG_STEPS, ("content.png", files()[0][1][1]),
+                             [{"preset": "starry_night"}], max_queued=8) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while sorted(w["job"] or "" for w in store.workers()) != sorted(job.id for job in jobs):
+            assert time.monotonic() < deadline, (store.workers(), log_path.read_text())
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=45) == 0, log_path.read_text()
+        assert store.workers() == []  # both children left the live list
+        assert [store.get(job.id).status for job in jobs] == ["queued", "queued"]  # handed back
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        store.close()
+        broker.close()
