@@ -237,3 +237,15 @@ def test_the_api_answers_503_for_jobs_while_redis_is_down(tiny_weights_dir, tmp_
         assert client.get("/v1/style/presets").status_code == 200  # needs no store
         assert client.post("/v1/sentiment/predict", json={"text": "great"}).status_code == 200
         assert client.get("/metrics").status_code == 200
+
+
+def test_a_full_redis_refuses_a_job_cleanly(store, sent):
+    used = store.client.info("memory")["used_memory"]
+    store.client.config_set("maxmemory", used + 256 * 1024)  # noeviction is Redis's default policy
+    try:
+        with pytest.raises(J.JobStoreFull, match="full"):
+            store.submit({"size": 32}, 5, ("content.png", b"x" * (2 * 1024 * 1024)), [{"preset": "udnie"}], 10)
+    finally:
+        store.client.config_set("maxmemory", 0)
+    assert sent == [] and store.list(10, 0) == ([], 0)
+    assert submit(store).status == J.QUEUED  # room again: accepted

@@ -234,7 +234,8 @@ def _store_call(method: Callable) -> Callable:
         except _UNAVAILABLE as exc:
             raise JobStoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from None
         except redis.exceptions.ResponseError as exc:
-            if str(exc).startswith("OOM"):
+            # a plain command raises OutOfMemoryError; a script's write fails with an "OOM ..." error
+            if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(exc):
                 raise JobStoreFull(f"the job store (Redis) is full: {exc}") from None
             raise
 
