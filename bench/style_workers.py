@@ -14,8 +14,8 @@ How to read the table: `seconds` is the wall time from the first submit to the l
 is jobs / seconds; `latency` is the mean of finished_at - created_at (queueing included, so it grows with the
 batch); `run` is the mean of finished_at - started_at (one job's compute; it grows when workers contend for
 cores); `peak` is the most jobs that were running at once; `busy` is run x jobs / (workers x seconds), the share
-of the workers' time spent computing (the rest is the hand-over to the next message: Dramatiq's consumer polls
-with a backoff of up to 500 ms while its one message is out, a large share for jobs this small). `other load` is
+of the workers' time spent computing (the rest is the hand-over to the next job: app.worker looks at the queue
+at most every 100 ms; at 500 ms, its first setting, busy was 66 % on jobs this small). `other load` is
 the CPU used during the batch by processes this bench did not start, in cores: far from 0, the machine was shared
 and the round is not clean. `speed-up` is jobs/s over the 1-worker round of the same run. With one torch thread
 per worker, N workers can at best be N x faster while N <= the number of cores.

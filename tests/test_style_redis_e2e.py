@@ -144,6 +144,7 @@ def test_queue_positions_and_cancel_work_from_either_replica(cluster):
     assert cancelled["status"] == "cancelled"
     # its worker stops within a step and takes the next job, while the other is still busy
     short = submit(cluster.a, SHORT_STEPS)
+    wait_for(cluster.b, short["id"], lambda j: j["status"] != "queued", timeout=10)
     assert wait_for(cluster.b, short["id"], finished, timeout=30)["status"] == "succeeded"
     assert cluster.a.get(f"/v1/style/jobs/{second['id']}").json()["status"] == "running"
     assert cluster.a.delete(f"/v1/style/jobs/{second['id']}").json()["status"] == "cancelled"

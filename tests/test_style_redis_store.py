@@ -10,7 +10,8 @@ from app.main import create_app
 from app.style import jobs as J
 from app.style.redis_queue import RedisJobQueue, connect
 from tests.conftest import make_settings, wait_until_ready
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
+from tests.test_e2e import free_port
 from tests.test_style_api import files
 
 HEARTBEAT_S = 1.0

@@ -84,6 +84,11 @@ def new_job_id() -> str:
     return secrets.token_urlsafe(16)  # 128 random bits: unguessable, URL-safe
 
 
+def job_inputs(content: tuple[str, bytes], styles: list[dict]) -> dict:
+    """The `inputs` of a job record: file names and presets, without the uploaded bytes."""
+    return {"content": content[0], "styles": [{k: v for k, v in s.items() if k != "data"} for s in styles]}
+
+
 @dataclass
 class Job:
     id: str
@@ -115,7 +120,9 @@ class Job:
 
 @runtime_checkable
 class JobQueue(Protocol):
-    """What the API and the workers need from a job store."""
+    """What the API and a JobRunner need from a job store. How a worker gets its next job, and how the jobs of a
+    dead process are recovered, belong to each backend (SQLiteJobQueue.claim/recover_*, RedisJobQueue.claim_job/
+    recover_dead_workers)."""
 
     def read_file(self, job_id: str, name: str) -> bytes | None: ...
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
@@ -125,7 +132,6 @@ class JobQueue(Protocol):
     def count(self, status: str) -> int: ...
     def cancel(self, job_id: str) -> Job | None: ...
     def delete(self, job_id: str) -> bool: ...
-    def claim(self, worker: str) -> Job | None: ...
     def should_stop(self, job_id: str, worker: str | None = None) -> bool: ...
     def update_progress(self, job_id: str, step: int, total: int, losses: dict | None,
                         preview_png: bytes | None = None, worker: str | None = None) -> bool: ...
@@ -134,8 +140,6 @@ class JobQueue(Protocol):
     def fail(self, job_id: str, error: str, worker: str | None = None) -> bool: ...
     def mark_cancelled(self, job_id: str, worker: str | None = None) -> bool: ...
     def release(self, worker: str, job_id: str | None = None) -> list[str]: ...
-    def recover_orphans(self, reason: str = SERVER_STOPPED) -> list[Job]: ...
-    def recover_worker(self, worker: str, reason: str = WORKER_DIED) -> list[Job]: ...
     def cleanup(self, ttl_s: float) -> int: ...
     def mean_run_seconds(self) -> float | None: ...
     def finished_since(self, since: float) -> list[tuple[str, str, float | None, float]]: ...
@@ -296,12 +300,10 @@ class SQLiteJobQueue:
         folder.mkdir(parents=True)
         try:
             atomic_write(folder / content[0], content[1])
-            inputs_styles = []
             for style in styles:
                 if "data" in style:
                     atomic_write(folder / style["file"], style["data"])
-                inputs_styles.append({k: v for k, v in style.items() if k != "data"})
-            inputs = {"content": content[0], "styles": inputs_styles}
+            inputs = job_inputs(content, styles)
             with self._write() as conn:
                 queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
                 if queued >= max_queued:

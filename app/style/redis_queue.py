@@ -38,8 +38,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from app.style.jobs import (
-    CANCELLED, FAILED, QUEUED, RUNNING, SERVER_STOPPED, SUCCEEDED, WORKER_DIED,
-    Job, JobStoreFull, JobStoreUnavailable, QueueFull, new_job_id, now,
+    CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull, job_inputs,
+    new_job_id, now,
 )
 
 CONNECT_TIMEOUT_S = 2.0
@@ -96,7 +96,7 @@ redis.call('zadd', ns .. ':queued', seq, id)
 return {1, seq}
 """
 
-# ARGV: ns, id, worker, now, max_attempts, heartbeat_ms, died_message
+# ARGV: ns, id, worker, now, max_attempts, heartbeat_ms, died_message, keep_ms
 #   -> 'claimed' | 'retried' | 'gone' | 'finished' | 'busy' | 'failed'
 _CLAIM = _LUA_COMMON + """
 local id, worker, at, max_attempts, heartbeat_ms, died = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -312,7 +312,7 @@ class RedisJobQueue:
                max_queued: int, job_id: str | None = None) -> Job:
         job_id = job_id or new_job_id()
         files = {content[0]: content[1], **{s["file"]: s["data"] for s in styles if "data" in s}}
-        inputs = {"content": content[0], "styles": [{k: v for k, v in s.items() if k != "data"} for s in styles]}
+        inputs = job_inputs(content, styles)
         record = {"id": job_id, "status": QUEUED, "params": json.dumps(params), "inputs": json.dumps(inputs),
                   "created_at": repr(now()), "total": int(total), "step": 0, "attempts": 0}
         self.client.hset(self._key("job", job_id, "files"), mapping=files)
@@ -416,9 +416,6 @@ class RedisJobQueue:
                             WORKER_LOST, self.keep_ms).decode()
         return outcome, self.get(job_id) if outcome in ("claimed", "retried") else None
 
-    def claim(self, worker: str) -> Job | None:
-        raise NotImplementedError("with JOB_BACKEND=redis, Dramatiq delivers jobs: see claim_job()")
-
     @_store_call
     def heartbeat(self, worker: str, job_id: str | None) -> None:
         """The worker is alive and runs `job_id` (None: idle). The caller serialises this with claim_job()."""
@@ -485,12 +482,6 @@ class RedisJobQueue:
             if status == QUEUED:
                 self.dispatch(job_id)
         return changed
-
-    def recover_orphans(self, reason: str = SERVER_STOPPED) -> list[Job]:
-        return []  # jobs belong to workers, not to an API process: recover_dead_workers() covers them
-
-    def recover_worker(self, worker: str, reason: str = WORKER_DIED) -> list[Job]:
-        return []
 
     @_store_call
     def cleanup(self, ttl_s: float) -> int:

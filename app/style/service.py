@@ -50,7 +50,7 @@ class WorkerSlot:
     restart_at: float = 0.0  # monotonic time before which no replacement is started (backoff)
 
 
-class _Retention:
+class _StyleServiceBase:
     """What both services share: RESULT_TTL clean-up, the Retry-After estimate and the default output size."""
 
     settings: Settings
@@ -82,7 +82,7 @@ class _Retention:
 
 
 @dataclass
-class StyleService(_Retention):
+class StyleService(_StyleServiceBase):
     settings: Settings
     device: torch.device
     store: SQLiteJobQueue = field(init=False)
@@ -203,7 +203,7 @@ class StyleService(_Retention):
 
 
 @dataclass
-class RedisStyleService(_Retention):
+class RedisStyleService(_StyleServiceBase):
     """JOB_BACKEND=redis: the job store is Redis, jobs travel by Dramatiq, workers run elsewhere (app.worker).
 
     Every replica runs the janitor: jobs of workers whose heartbeat expired are re-queued (or failed after

@@ -1,6 +1,8 @@
-"""The style-transfer worker process: loads the StyleEngine (VGG-19) once, then runs queued jobs one at a time.
+"""Running style jobs: JobRunner (one claimed job on a StyleEngine, its fate recorded in the store; used by both
+backends) and the embedded backend's worker process, which loads the StyleEngine (VGG-19) once, then runs queued
+jobs one at a time. JOB_BACKEND=redis workers are app/worker.py.
 
-Started by app.style.service with the multiprocessing "spawn" context (a fresh interpreter: CUDA-safe, and no
+The embedded worker is started by app.style.service with the multiprocessing "spawn" context (a fresh interpreter: CUDA-safe, and no
 copy of the API process's state). The only shared state is the job store (SQLite + files) and two events:
 `wake` (set by the API when a job is submitted; the worker also polls every WAKE_POLL_S) and `stop`
 (set at shutdown: a running job is handed back to the queue and the process exits).

@@ -157,7 +157,7 @@ def job_view(job: J.Job, base: str) -> dict:
 
 
 async def _store(service: AnyStyleService, method: str, *args):
-    """Store calls run in a worker thread: SQLite may wait on a lock, the event loop must not."""
+    """Store calls run in a worker thread: SQLite may wait on a lock and Redis on the network; the loop must not."""
     return await anyio.to_thread.run_sync(getattr(service.store, method), *args)
 
 
