@@ -10,6 +10,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from app.api.error_handlers import install_error_handlers
@@ -70,7 +71,9 @@ def prepare_registry(settings: Settings) -> ModelRegistry:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
-    app = FastAPI(
+    # FastAPIOffline: a FastAPI whose /docs (Swagger UI) and /redoc load their JS/CSS from the fastapi-offline
+    # package (served under /static-offline-docs), not from a CDN, so the docs work with no internet.
+    app = FastAPIOffline(
         title="Model server",
         summary="Handwritten digits, CIFAR-10 objects and sentence sentiment with PyTorch",
         version="1.0.0",
