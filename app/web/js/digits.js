@@ -1,4 +1,4 @@
-import { $, api, debounce, models, percent, renderBars, showError } from "./api.js";
+import { $, api, debounce, lowConfidenceBelow, models, percent, renderBars, renderVerdict, showError } from "./api.js";
 
 const INK = "#000";
 const PAPER = "#fff";
@@ -23,6 +23,7 @@ export function initDigits() {
     bars.replaceChildren();
     result.textContent = "Draw a digit to see what the model reads.";
     delete result.dataset.label;
+    delete result.dataset.confidence;
     showError("digit-error", null);
   }
 
@@ -56,18 +57,21 @@ export function initDigits() {
     if (select.value) params.set("model", select.value);
     try {
       const body = await api(`/v1/digits/predict?${params}`, { method: "POST", body: form, signal: controller.signal });
+      const threshold = await lowConfidenceBelow(body.model, "digits");
       if (mine !== seq || !dirty) return;
       showError("digit-error", null);
-      result.replaceChildren("It looks like ", Object.assign(document.createElement("strong"),
-        { textContent: body.label, id: "digit-label" }), ` (${percent(body.score)}, ${body.model})`);
-      result.dataset.label = body.label;
+      renderVerdict(result, { label: body.label, score: body.score, labelId: "digit-label", task: "digits", threshold,
+        suffix: `, ${body.model}`, sure: (strong) => ["It looks like ", strong, ` (${percent(body.score)}, ${body.model})`] });
       const top = [...body.top].sort((a, b) => Number(a.label) - Number(b.label));
       renderBars(bars, top);
       bars.querySelector(`li[data-label="${body.label}"]`)?.classList.add("top");
       for (const li of bars.children) if (li.dataset.label !== body.label) li.classList.remove("top");
     } catch (err) {
       if (err.name === "AbortError" || mine !== seq) return;
-      showError("digit-error", err);
+      result.textContent = ""; // no stale answer beside the error
+      delete result.dataset.label;
+      bars.replaceChildren();
+      showError("digit-error", err, { what: "drawing" });
     }
   }
   const predictSoon = debounce(predict, 150);
@@ -77,6 +81,7 @@ export function initDigits() {
     event.preventDefault();
     canvas.setPointerCapture(event.pointerId);
     drawing = true;
+    showError("digit-error", null); // a new stroke is a new try: the last error goes
     last = point(event);
     stroke(last, last, event.pressure);
     dirty = true;
@@ -107,7 +112,7 @@ export function initDigits() {
   models().then((list) => {
     const digits = list.filter((m) => m.task === "digits");
     select.replaceChildren(...digits.map((m) => new Option(`${m.name}${m.default ? " (default)" : ""}`, m.name, m.default, m.default)));
-  }).catch((err) => showError("digit-error", err));
+  }).catch(() => { /* the default model still answers; the Models section says what failed */ });
 
   clear();
 }

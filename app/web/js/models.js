@@ -1,4 +1,6 @@
-import { $, models, showError } from "./api.js";
+import { $, models, showError, wholePercent } from "./api.js";
+
+const COLUMNS = ["Model", "Task", "Accuracy", "Dataset", "Device", "Not sure below"];
 
 export async function initModels() {
   const body = $("models-body");
@@ -9,12 +11,15 @@ export async function initModels() {
       const acc = m.metrics && typeof m.metrics.accuracy === "number" ? `${(m.metrics.accuracy * 100).toFixed(2)} %` : "–";
       const dataset = m.metrics ? [m.metrics.dataset, m.metrics.split, m.metrics.size ? `(${m.metrics.size})` : ""]
         .filter(Boolean).join(" ") : "–";
-      const cells = [m.name + (m.default ? " (default)" : ""), m.task, acc, dataset, m.device ?? "–"];
-      for (const text of cells) {
+      const below = m.calibration?.low_confidence_below;
+      const cells = [m.name + (m.default ? " (default)" : ""), m.task, acc, dataset, m.device ?? "–",
+        typeof below === "number" ? wholePercent(below) : "–"];
+      cells.forEach((text, i) => {
         const td = document.createElement("td");
         td.textContent = text;
+        td.dataset.col = COLUMNS[i]; // the column's name, shown beside the value on a narrow screen
         tr.append(td);
-      }
+      });
       tr.dataset.model = m.name;
       return tr;
     }));

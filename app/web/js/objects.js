@@ -1,4 +1,4 @@
-import { $, api, percent, renderBars, showError } from "./api.js";
+import { $, api, lowConfidenceBelow, percent, renderBars, renderVerdict, showError, uploadTooLarge } from "./api.js";
 
 export function initObjects() {
   const drop = $("object-drop");
@@ -15,6 +15,7 @@ export function initObjects() {
     bars.replaceChildren();
     result.textContent = "Classifying…";
     delete result.dataset.label;
+    delete result.dataset.confidence;
     if (thumb.src.startsWith("blob:")) URL.revokeObjectURL(thumb.src);
     if (file.type.startsWith("image/")) {
       thumb.src = URL.createObjectURL(file);
@@ -24,19 +25,22 @@ export function initObjects() {
       thumb.hidden = true;
       thumb.removeAttribute("src");
     }
+    const tooLarge = await uploadTooLarge([file], "The photo");
+    if (mine !== seq) return;
+    if (tooLarge) { result.textContent = ""; showError("object-error", tooLarge); return; }
     const form = new FormData();
     form.append("file", file, file.name || "pasted.png");
     try {
       const body = await api("/v1/objects/predict?top_k=3", { method: "POST", body: form });
+      const threshold = await lowConfidenceBelow(body.model, "objects");
       if (mine !== seq) return;
-      result.replaceChildren("Most likely ", Object.assign(document.createElement("strong"),
-        { textContent: body.label, id: "object-label" }), ` (${percent(body.score)})`);
-      result.dataset.label = body.label;
+      renderVerdict(result, { label: body.label, score: body.score, labelId: "object-label", task: "objects", threshold,
+        sure: (strong) => ["Most likely ", strong, ` (${percent(body.score)})`] });
       renderBars(bars, body.top);
     } catch (err) {
       if (mine !== seq) return;
       result.textContent = "";
-      showError("object-error", err);
+      showError("object-error", err, { what: "photo" });
     }
   }
 

@@ -1,4 +1,4 @@
-import { $, api, debounce, percent, showError } from "./api.js";
+import { $, api, debounce, lowConfidenceBelow, percent, renderVerdict, showError, wholePercent } from "./api.js";
 
 function verdict(label) {
   return Object.assign(document.createElement("strong"), { className: label, textContent: label });
@@ -10,6 +10,7 @@ export function initSentiment() {
   const batch = $("sentiment-batch");
   const list = $("sentiment-batch-results");
   let seq = 0;
+  let batchSeq = 0;
 
   async function one() {
     const value = text.value;
@@ -17,6 +18,7 @@ export function initSentiment() {
     if (!value.trim()) {
       result.textContent = "";
       delete result.dataset.label;
+      delete result.dataset.confidence;
       showError("sentiment-error", null);
       return;
     }
@@ -24,40 +26,54 @@ export function initSentiment() {
       const body = await api("/v1/sentiment/predict", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text: value }),
       });
+      const threshold = await lowConfidenceBelow(body.model, "sentiment");
       if (mine !== seq) return;
       showError("sentiment-error", null);
-      const v = verdict(body.label);
-      v.id = "sentiment-label";
-      result.replaceChildren(v, ` (${percent(body.score)} sure)`);
-      result.dataset.label = body.label;
+      renderVerdict(result, { label: body.label, score: body.score, labelId: "sentiment-label", task: "sentiment",
+        threshold, sure: (strong) => [strong, ` (${percent(body.score)} sure)`] });
     } catch (err) {
       if (mine !== seq) return;
-      showError("sentiment-error", err);
+      result.textContent = "";
+      delete result.dataset.label;
+      showError("sentiment-error", err, { what: "review" });
     }
   }
-  text.addEventListener("input", debounce(one, 250));
+  const oneSoon = debounce(one, 250);
+  text.addEventListener("input", () => { showError("sentiment-error", null); oneSoon(); });
 
   async function many() {
     const texts = batch.value.split("\n").map((t) => t.trim()).filter(Boolean);
     showError("sentiment-batch-error", null);
     if (!texts.length) { list.replaceChildren(); showError("sentiment-batch-error", "Write at least one review, one per line."); return; }
+    const mine = ++batchSeq;
     try {
       const body = await api("/v1/sentiment/predict", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ texts }),
       });
+      const threshold = await lowConfidenceBelow(body.model, "sentiment");
+      if (mine !== batchSeq) return;
       list.replaceChildren(...body.results.map((r, i) => {
         const li = document.createElement("li");
         li.dataset.label = r.label;
-        li.append(verdict(r.label), ` ${percent(r.score)}: `, texts[i]);
+        if (threshold !== null && r.score < threshold) {
+          li.dataset.confidence = "low";
+          li.append(Object.assign(document.createElement("span"), { className: "unsure", textContent: "Not sure:" }),
+            " maybe ", verdict(r.label), ` ${wholePercent(r.score)}: `, texts[i]);
+        } else {
+          li.dataset.confidence = "high";
+          li.append(verdict(r.label), ` ${percent(r.score)}: `, texts[i]);
+        }
         return li;
       }));
     } catch (err) {
+      if (mine !== batchSeq) return;
       list.replaceChildren();
-      showError("sentiment-batch-error", err);
+      showError("sentiment-batch-error", err, { what: "reviews" });
     }
   }
   $("sentiment-batch-go").addEventListener("click", many);
-  batch.addEventListener("input", debounce(() => { if (batch.value.trim()) many(); }, 400));
+  const manySoon = debounce(() => { if (batch.value.trim()) many(); }, 400);
+  batch.addEventListener("input", () => { showError("sentiment-batch-error", null); manySoon(); });
   batch.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); many(); }
   });

@@ -1,8 +1,16 @@
-import { $, api, showError } from "./api.js";
+import { $, api, debounce, duration, rangeSentence, showError, styleOptions, uploadTooLarge } from "./api.js";
 
 const HISTORY_KEY = "model-server.style-jobs";
 const HISTORY_MAX = 30;
 const FINISHED = new Set(["succeeded", "failed", "cancelled", "deleted", "expired"]);
+const PROBE_TIMEOUT_MS = 5000; // a job GET that takes longer counts as a lost connection
+const STREAM_RETRIES = 2; // a dying event stream is re-opened this many times before the page polls instead
+const POLL_MS = 2000; // polling while the stream cannot be had but the server answers
+const LOST_BACKOFF_MS = [1000, 2000, 3000, 5000]; // retries while the server cannot be reached
+const QUIET_MS = 25_000; // an open stream silent this long is checked with a GET (the server sends keep-alives)
+const STREAM_RETRY_WHILE_POLLING_MS = 10_000;
+const LONG_JOB_S = 60; // a job estimated over this is announced before it is submitted
+const NUMBER_FIELDS = ["size", "steps", "style_weight"]; // form inputs whose default and bounds the API gives
 
 function loadHistory() {
   try {
@@ -14,6 +22,9 @@ function saveHistory(list) {
   try { localStorage.setItem(HISTORY_KEY, JSON.stringify(list.slice(0, HISTORY_MAX))); } catch { /* storage full or off */ }
 }
 
+const jobUrl = (id) => `/v1/style/jobs/${encodeURIComponent(id)}`;
+const left = (eta) => (typeof eta === "number" && Number.isFinite(eta) && eta >= 0 ? `${duration(eta)} left` : "");
+
 export function initStyle() {
   const form = $("style-form");
   const content = $("style-content");
@@ -22,15 +33,18 @@ export function initStyle() {
   const presets = $("style-presets");
   const submit = $("style-submit");
   const cancel = $("style-cancel");
+  const estimateEl = $("style-estimate");
   const panel = $("style-job");
   const status = $("style-status");
+  const connection = $("style-connection");
   const progress = $("style-progress");
   const preview = $("style-preview");
   const download = $("style-download");
   const historyList = $("style-history");
-  let current = null; // {id, source: EventSource}
+  let current = null; // the followed job: {id, source, timer, ...}; see follow()
   let previewBusy = false;
   let previewPending = null;
+  let limits = null; // from GET /v1/style/options
 
   // ---- history (this browser's jobs, in localStorage)
   function remember(job, extra = {}) {
@@ -73,7 +87,79 @@ export function initStyle() {
   }
   $("style-history-clear").addEventListener("click", () => { saveHistory([]); renderHistory(); });
 
-  // ---- inputs
+  // ---- the form: defaults and bounds from the API (GET /v1/style/options), never written here
+  styleOptions().then((opts) => {
+    if (!opts) return; // older server: the fields stay empty and the server applies its own defaults
+    limits = opts.limits ?? null;
+    for (const name of NUMBER_FIELDS) {
+      const input = form.elements.namedItem(name);
+      if (!input) continue;
+      const d = opts.defaults?.[name];
+      if (typeof d === "number" && input.value === "") input.value = String(d);
+      const range = opts.limits?.[name];
+      if (range?.min !== undefined) input.min = String(range.min);
+      if (range?.max !== undefined) input.max = String(range.max);
+      if (typeof d === "number") input.placeholder = String(d);
+    }
+    const preserve = form.elements.namedItem("preserve_color");
+    if (preserve && typeof opts.defaults?.preserve_color === "boolean") preserve.checked = opts.defaults.preserve_color;
+    const hint = $("style-upload-limit");
+    if (hint && typeof opts.max_upload_mb === "number") hint.textContent = `Up to ${+opts.max_upload_mb.toFixed(1)} MB.`;
+    form.dataset.options = "api";
+    estimate();
+  });
+
+  /** The values to send: only fields with a value (an empty one means "the server's default"). */
+  function numberFields() {
+    const out = {};
+    for (const name of NUMBER_FIELDS) {
+      const input = form.elements.namedItem(name);
+      if (input && input.value.trim() !== "") out[name] = input.value.trim();
+    }
+    return out;
+  }
+
+  /** A sentence for the first value out of the API's bounds, else null (the server checks again anyway). */
+  function invalidField() {
+    for (const [name, value] of Object.entries(numberFields())) {
+      const range = limits?.[name];
+      const input = form.elements.namedItem(name);
+      const n = Number(value);
+      const integer = input?.step !== "any";
+      if (!Number.isFinite(n) || (integer && !Number.isInteger(n))
+          || (range?.min !== undefined && n < range.min) || (range?.max !== undefined && n > range.max)) {
+        return { input, text: rangeSentence(name, limits) ?? `${input?.labels?.[0]?.textContent ?? name} must be a number.` };
+      }
+    }
+    return null;
+  }
+
+  // ---- the estimate before submitting (GET /v1/style/estimate)
+  let estimateSeq = 0;
+  async function estimate() {
+    const mine = ++estimateSeq;
+    const fields = numberFields();
+    if (invalidField() || !fields.size || !fields.steps) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; return; }
+    try {
+      const body = await api(`/v1/style/estimate?${new URLSearchParams({ size: fields.size, steps: fields.steps })}`,
+        { timeoutMs: PROBE_TIMEOUT_MS });
+      if (mine !== estimateSeq) return;
+      const eta = body?.eta_s;
+      if (typeof eta !== "number" || !Number.isFinite(eta)) { estimateEl.textContent = ""; return; }
+      const ahead = body.queued_ahead > 0 ? `, ${body.queued_ahead} job${body.queued_ahead > 1 ? "s" : ""} ahead of it` : "";
+      estimateEl.dataset.eta = String(eta);
+      estimateEl.classList.toggle("long", eta > LONG_JOB_S);
+      estimateEl.textContent = eta > LONG_JOB_S
+        ? `This job will take ${duration(eta)}${ahead}. Fewer steps or a smaller size are quicker.`
+        : `This job will take ${duration(eta)}${ahead}.`;
+    } catch {
+      if (mine === estimateSeq) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; } // no estimate: say nothing
+    }
+  }
+  const estimateSoon = debounce(estimate, 300);
+
+  // ---- inputs: any change is a new action, so the last error goes
+  form.addEventListener("input", () => { showError("style-error", null); estimateSoon(); });
   content.addEventListener("change", () => {
     const file = content.files[0];
     if (contentThumb.src.startsWith("blob:")) URL.revokeObjectURL(contentThumb.src);
@@ -96,7 +182,7 @@ export function initStyle() {
     }));
   }).catch((err) => showError("style-error", err));
 
-  // ---- a running job: SSE progress, preview, result
+  // ---- a followed job: its event stream, re-opened when it dies, polling when it cannot be had
   function showPreview(url) {
     if (!url) return;
     if (previewBusy) { previewPending = url; return; }
@@ -110,19 +196,61 @@ export function initStyle() {
     next.src = `${url}?t=${Date.now()}`;
   }
 
+  let connectionNoteTimer;
+  /** live: the stream is open; polling: the server answers but the stream does not; lost: no answer. */
+  function setConnection(c, state) {
+    if (c !== current) return;
+    const was = panel.dataset.connection;
+    panel.dataset.connection = state;
+    if (state === "lost") {
+      clearTimeout(connectionNoteTimer);
+      connection.className = "conn lost";
+      connection.textContent = "Connection to the server lost. Trying again by itself every few seconds…";
+      connection.hidden = false;
+      if (c.last) status.textContent = `Last known: ${describe(c.last, false)}`;
+    } else if (was === "lost") {
+      connection.className = "conn ok";
+      connection.textContent = "Reconnected.";
+      connection.hidden = false;
+      connectionNoteTimer = setTimeout(() => { connection.hidden = true; }, 6000);
+    } // else: nothing to say (a "Reconnected." note fades by itself)
+  }
+
   function stopFollowing() {
-    if (current?.source) current.source.close();
+    if (current) {
+      current.source?.close();
+      clearTimeout(current.timer);
+      clearInterval(current.watchdog);
+    }
     current = null;
     cancel.disabled = true;
+    connection.hidden = true;
+    delete panel.dataset.connection;
+  }
+
+  function describe(job, withEta = true) {
+    const eta = withEta ? left(job.eta_s) : "";
+    const tail = eta ? ` · ${eta}` : "";
+    switch (job.status) {
+      case "queued":
+        return `Job queued${job.queue_position ? ` (place ${job.queue_position} in the queue)` : ""}.${tail}`;
+      case "running":
+        return job.progress?.total ? `Job running: step ${job.progress.step} of ${job.progress.total}.${tail}` : `Job running.${tail}`;
+      case "succeeded": return "Job succeeded.";
+      case "failed": return `Job failed: ${job.error ?? "no reason given"}`;
+      case "cancelled": return "Job cancelled.";
+      case "deleted": return "Job deleted.";
+      case "expired": return "This job no longer exists on the server (deleted, or expired).";
+      default: return `Job ${job.status}.`;
+    }
   }
 
   function onStatus(job) {
+    if (current && current.id === job.id) current.last = { ...(current.last ?? {}), ...job };
     progress.value = job.progress?.fraction ?? progress.value;
-    const pos = job.status === "queued" && job.queue_position ? ` (place ${job.queue_position} in the queue)` : "";
-    const pct = job.progress ? ` ${job.progress.step} / ${job.progress.total} steps` : "";
-    status.textContent = `Job ${job.status}${pos}.${job.status === "running" ? pct : ""}`
-      + (job.error ? ` ${job.error}` : "") + (job.notice ? ` ${job.notice}` : "");
+    status.textContent = describe(job) + (job.notice ? ` ${job.notice}` : "");
     panel.dataset.status = job.status;
+    if (typeof job.eta_s === "number") panel.dataset.eta = String(job.eta_s); else delete panel.dataset.eta;
     if (job.status !== "deleted") remember(job);
     if (job.status === "succeeded") {
       progress.value = 1;
@@ -136,7 +264,92 @@ export function initStyle() {
     } else if (job.status === "running" && job.preview_url) {
       showPreview(job.preview_url);
     }
-    if (FINISHED.has(job.status)) stopFollowing();
+    if (FINISHED.has(job.status)) { stopFollowing(); estimate(); }
+  }
+
+  function onProgress(p) {
+    const c = current;
+    if (!c) return;
+    c.last = { ...(c.last ?? {}), status: "running", eta_s: p.eta_s ?? null,
+      progress: { step: p.step, total: p.total, fraction: p.fraction } };
+    progress.value = p.fraction;
+    status.textContent = describe(c.last);
+    if (typeof p.eta_s === "number") panel.dataset.eta = String(p.eta_s); else delete panel.dataset.eta;
+    showPreview(p.preview_url);
+  }
+
+  function openStream(c) {
+    if (c !== current) return;
+    c.source?.close();
+    const source = new EventSource(`${jobUrl(c.id)}/events`);
+    c.source = source;
+    c.streamTriedAt = Date.now();
+    const mine = () => c === current && c.source === source;
+    source.addEventListener("open", () => {
+      if (!mine()) return;
+      c.seen = Date.now();
+      clearTimeout(c.timer); // polling stops: the stream carries the job again
+      c.polling = false;
+      setConnection(c, "live");
+    });
+    // a message (the server sends the job's status first) shows the stream works: its retries start afresh
+    source.addEventListener("status", (e) => {
+      if (mine()) { c.seen = Date.now(); c.streamFailures = 0; onStatus(JSON.parse(e.data)); }
+    });
+    source.addEventListener("progress", (e) => {
+      if (mine()) { c.seen = Date.now(); c.streamFailures = 0; onProgress(JSON.parse(e.data)); }
+    });
+    source.addEventListener("error", () => {
+      if (!mine()) return; // the job finished (the stream ends after its last status) or another job is followed
+      source.close();
+      c.source = null;
+      c.streamFailures = (c.streamFailures ?? 0) + 1;
+      if (c.streamFailures <= STREAM_RETRIES && !c.polling) {
+        c.timer = setTimeout(() => openStream(c), 300 * c.streamFailures); // re-open a dying stream
+      } else if (!c.polling) {
+        startPolling(c);
+      }
+    });
+  }
+
+  function startPolling(c) {
+    if (c !== current) return;
+    c.polling = true;
+    clearTimeout(c.timer);
+    poll(c);
+  }
+
+  /** GET the job: the fallback while the stream is down, and the check of a quiet stream. */
+  async function poll(c) {
+    if (c !== current) return;
+    try {
+      const job = await api(jobUrl(c.id), { timeoutMs: PROBE_TIMEOUT_MS });
+      if (c !== current) return;
+      c.seen = Date.now();
+      c.lostTries = 0;
+      if (panel.dataset.connection === "lost" || !panel.dataset.connection) setConnection(c, "polling");
+      onStatus(job);
+      if (c !== current || !c.polling) return;
+      // the server answers: try the stream again now and then (polling goes on until it opens)
+      if (!c.source && Date.now() - (c.streamTriedAt ?? 0) > STREAM_RETRY_WHILE_POLLING_MS) {
+        c.streamFailures = STREAM_RETRIES; // one more failure goes straight back to polling
+        openStream(c);
+      }
+      c.timer = setTimeout(() => poll(c), POLL_MS);
+    } catch (err) {
+      if (c !== current) return;
+      if (err.status === 404) {
+        remember({ id: c.id, status: "expired" });
+        onStatus({ id: c.id, status: "expired" });
+        return;
+      }
+      setConnection(c, "lost");
+      if (c.source) { c.source.close(); c.source = null; }
+      c.polling = true;
+      c.lostTries = (c.lostTries ?? 0) + 1;
+      c.streamTriedAt = 0; // once it answers again, re-open the stream at once
+      c.timer = setTimeout(() => poll(c), LOST_BACKOFF_MS[Math.min(c.lostTries, LOST_BACKOFF_MS.length) - 1]);
+    }
   }
 
   function follow(job) {
@@ -145,26 +358,25 @@ export function initStyle() {
     preview.hidden = true;
     download.hidden = true;
     progress.value = 0;
-    status.textContent = "Submitted…";
-    const source = new EventSource(`/v1/style/jobs/${encodeURIComponent(job.id)}/events`);
-    current = { id: job.id, source };
+    status.textContent = job.status ? describe(job) : "Connecting…";
+    current = { id: job.id, source: null, timer: null, last: job.status ? job : null, seen: Date.now() };
+    const c = current;
     cancel.disabled = false;
     renderHistory();
-    source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
-    source.addEventListener("progress", (e) => {
-      const p = JSON.parse(e.data);
-      progress.value = p.fraction;
-      status.textContent = `Job running. ${p.step} / ${p.total} steps`;
-      showPreview(p.preview_url);
-    });
-    source.addEventListener("error", async () => {
-      if (source.readyState !== EventSource.CLOSED || current?.source !== source) return;
-      // The stream was refused (e.g. the job no longer exists): ask once for its state.
-      try { onStatus(await api(`/v1/style/jobs/${encodeURIComponent(job.id)}`)); } catch (err) {
-        if (err.status === 404) { remember({ id: job.id, status: "expired" }); stopFollowing(); }
-        showError("style-error", err);
+    openStream(c);
+    // a stream can also die silently (a frozen server, a dropped network): check it when it has been quiet
+    c.watchdog = setInterval(() => {
+      if (c === current && c.source && !c.polling && Date.now() - c.seen > QUIET_MS) {
+        c.seen = Date.now();
+        api(jobUrl(c.id), { timeoutMs: PROBE_TIMEOUT_MS }).then((j) => { if (c === current) onStatus(j); }).catch(() => {
+          if (c !== current) return;
+          c.source?.close();
+          c.source = null;
+          setConnection(c, "lost");
+          startPolling(c);
+        });
       }
-    });
+    }, 5000);
   }
 
   form.addEventListener("submit", async (event) => {
@@ -172,6 +384,8 @@ export function initStyle() {
     showError("style-error", null);
     const file = content.files[0];
     if (!file) { showError("style-error", "Choose a content photo first."); content.focus(); return; }
+    const bad = invalidField();
+    if (bad) { showError("style-error", bad.text); bad.input?.focus(); return; }
     const data = new FormData();
     data.append("content", file, file.name);
     const preset = presets.querySelector("input:checked");
@@ -179,16 +393,18 @@ export function initStyle() {
     if (upload.files[0]) { data.append("style", upload.files[0], upload.files[0].name); label = upload.files[0].name; } else if (preset) { data.append("style_preset", preset.value); label = preset.parentElement.textContent; } else {
       showError("style-error", "Pick a painting or upload your own."); return;
     }
-    data.append("size", $("style-size").value);
-    data.append("steps", $("style-steps").value);
+    const tooLarge = await uploadTooLarge([file, upload.files[0]], upload.files[0] ? "The photo and the painting" : "The photo");
+    if (tooLarge) { showError("style-error", tooLarge); return; }
+    for (const [name, value] of Object.entries(numberFields())) data.append(name, value);
     data.append("preserve_color", $("style-preserve").checked ? "true" : "false");
     submit.disabled = true;
     try {
       const job = await api("/v1/style/jobs", { method: "POST", body: data });
       remember(job, { label: `${file.name} × ${label}` });
       follow(job);
+      onStatus(job);
     } catch (err) {
-      showError("style-error", err);
+      showError("style-error", err, { what: upload.files[0] ? "painting" : "photo", limits });
     } finally {
       submit.disabled = false;
     }
@@ -196,12 +412,13 @@ export function initStyle() {
 
   cancel.addEventListener("click", async () => {
     if (!current) return;
+    showError("style-error", null);
     const id = current.id;
     try {
-      const job = await api(`/v1/style/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+      const job = await api(jobUrl(id), { method: "DELETE" });
       if (job) onStatus(job); else { remember({ id, status: "deleted" }); stopFollowing(); }
     } catch (err) {
-      showError("style-error", err);
+      showError("style-error", err, { what: "job" });
     }
   });
 
@@ -209,7 +426,7 @@ export function initStyle() {
   renderHistory();
   const open = loadHistory().filter((j) => !FINISHED.has(j.status));
   for (const j of open) {
-    api(`/v1/style/jobs/${encodeURIComponent(j.id)}`).then((job) => remember(job)).catch((err) => {
+    api(jobUrl(j.id)).then((job) => remember(job)).catch((err) => {
       if (err.status === 404) remember({ id: j.id, status: "expired" });
     });
   }
