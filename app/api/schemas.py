@@ -92,6 +92,27 @@ class BatchPredictionResponse(BaseModel):
     results: list[Prediction] = Field(description="one per input, in order")
 
 
+class Calibration(BaseModel):
+    """How the model's scores were calibrated (training.calibrate; docs/calibration.md)."""
+
+    method: Literal["temperature"] = Field(description="scores are softmax(logits / temperature)")
+    temperature: float = Field(description="fitted on `split` by minimising the negative log-likelihood")
+    split: str = Field(description="the held-out data the temperature was fitted on (never trained on, not the "
+                                   "test set)")
+    split_size: int | None = None
+    ece_split: str | None = Field(None, description="where the ECE figures were measured: the test set")
+    ece_size: int | None = None
+    bins: int = Field(description="equal-width confidence bins of the expected calibration error")
+    ece_before: float = Field(description="expected calibration error of the raw softmax on `ece_split`")
+    ece_after: float = Field(description="expected calibration error of the served scores on `ece_split`")
+    nll_before: float | None = None
+    nll_after: float | None = None
+    low_confidence_below: float = Field(description="below this score the answer is shown as uncertain: on "
+                                                    "`split`, such answers were right less than `sure_accuracy` "
+                                                    "of the time")
+    sure_accuracy: float | None = None
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
@@ -110,6 +131,8 @@ class ModelInfo(BaseModel):
     torch_version: str | None
     training_time_s: float | None
     trained_on: str | None
+    calibration: Calibration | None = Field(None, description="score calibration; null when the scores are the "
+                                                              "raw softmax")
 
 
 class ModelList(BaseModel):
@@ -121,10 +144,15 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "failed"] = Field(description="the classifiers (drives the status code)")
     device: str
     models: list[str] = Field(description="models loaded so far")
     error: str | None = None
+    style: Literal["ready", "starting", "failed", "unavailable", "disabled"] | None = Field(
+        None, description="style jobs: ready (a worker has VGG-19 loaded and the device measured), starting, "
+        "failed (the engine cannot load, or the worker keeps dying), unavailable (no worker runs jobs, or the job "
+        "store is unreachable), disabled (STYLE_JOBS_ENABLED=false); does not change the status code")
+    style_detail: str | None = Field(None, description="why style is not ready")
 
 
 class ErrorBody(BaseModel):

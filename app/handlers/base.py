@@ -1,4 +1,6 @@
 """The handler interface every model family implements, and what classifiers share."""
+import logging
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,8 +12,31 @@ from app.core.config import Settings
 from app.core.loading import StartupError, load_state_dict
 from app.preprocessing.images import declared_pixels, open_image
 
+logger = logging.getLogger(__name__)
+
 SCORE_DECIMALS = 6
 MAX_REASON_CHARS = 300
+
+
+def calibration_of(entry: dict) -> dict | None:
+    """The entry's `calibration` block (written by training.calibrate), or None when it has none or when it was
+    fitted to other weights (a stale temperature would make the scores lie); raises StartupError when malformed."""
+    block = entry.get("calibration")
+    if block is None:
+        return None
+    where = f"manifest: model '{entry.get('name')}': calibration"
+    if not isinstance(block, dict):
+        raise StartupError(f"{where} must be an object")
+    temperature = block.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise StartupError(f"{where}: temperature must be a positive number, not {temperature!r}")
+    fitted_to = block.get("weights_sha256")
+    if fitted_to is not None and fitted_to != entry.get("sha256"):
+        logger.warning("%s was fitted to other weights (sha256 %s..); serving uncalibrated scores until "
+                       "python -m training.calibrate --models %s is run", where, str(fitted_to)[:12], entry.get("name"))
+        return None
+    return block
 
 
 class ModelHandler(ABC):
@@ -29,6 +54,9 @@ class ModelHandler(ABC):
         self.settings = settings
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
+        self.calibration = calibration_of(entry)
+        # Scores are softmax(logits / T): T fitted on held-out data so that a score means what it says.
+        self.temperature: float = float(self.calibration.get("temperature", 1.0)) if self.calibration else 1.0
 
     @property
     def parameters(self) -> int | None:
@@ -75,9 +103,9 @@ class ModelHandler(ABC):
         """Logits (N, C) for a list of decoded items."""
 
     def predict(self, batch: list[Any]) -> torch.Tensor:
-        """Probabilities (N, C) on the CPU."""
+        """Calibrated probabilities (N, C) on the CPU: softmax(logits / temperature)."""
         with torch.inference_mode():
-            return torch.softmax(self.forward(batch).float(), dim=1).cpu()
+            return torch.softmax(self.forward(batch).float() / self.temperature, dim=1).cpu()
 
     def encode_response(self, probs: torch.Tensor, top_k: int) -> dict:
         scores, indices = torch.topk(probs, k=min(top_k, len(self.classes)))
