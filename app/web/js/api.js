@@ -82,12 +82,18 @@ function sentence(text) {
   return t[0].toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
 }
 
-/** "Size must be between 64 and 1024 px." from the API's limits, when it told us (GET /v1/style/options). */
+/** "Size must be between 64 and 1024 px." from the API's limits, when it told us (GET /v1/style/options);
+ *  "... at least 0." when it has no upper bound. */
 export function rangeSentence(field, limits) {
   const range = limits?.[field];
   const name = FIELD_NAMES[field] ?? sentence(field.replace(/_/g, " ")).slice(0, -1);
-  if (!range || range.min === undefined || range.max === undefined) return null;
-  return `${name} must be between ${range.min} and ${range.max}${UNITS[field] ?? ""}.`;
+  const unit = UNITS[field] ?? "";
+  const min = typeof range?.min === "number" ? range.min : null;
+  const max = typeof range?.max === "number" ? range.max : null;
+  if (min !== null && max !== null) return `${name} must be between ${min} and ${max}${unit}.`;
+  if (min !== null) return `${name} must be ${range.exclusive_min ? "more than" : "at least"} ${min}${unit}.`;
+  if (max !== null) return `${name} must be ${range.exclusive_max ? "less than" : "at most"} ${max}${unit}.`;
+  return null;
 }
 
 /** Without the API's limits: "Size must be at least 64 px." from pydantic's "greater than or equal to 64". */
@@ -127,7 +133,7 @@ function explain422(err, ctx) {
 }
 
 /** The sentence a person reads for an error. ctx: {what: "photo" | "drawing" | "painting" | "review" | "job",
- *  limits: the API's form limits}. Plain strings are already sentences. */
+ *  limits: the API's form limits, noun: what was uploaded ("The photo"), plural}. Plain strings are already sentences. */
 export function explain(err, ctx = {}) {
   if (!(err instanceof ApiError)) return err instanceof Error ? sentence(err.message) : sentence(err);
   const detail = err.detail || "";
@@ -149,7 +155,7 @@ export function explain(err, ctx = {}) {
     case 410: return "This job failed or was cancelled, so it has no result.";
     case 413: {
       let m = detail.match(/is (\d+) bytes; the limit is (\d+) bytes/);
-      if (m) return `The upload is ${megabytes(+m[1])}; the limit is ${megabytes(+m[2])}.`;
+      if (m) return `${ctx.noun ?? "The upload"} ${ctx.plural ? "are" : "is"} ${megabytes(+m[1])}; the limit is ${megabytes(+m[2])}.`;
       m = detail.match(/limit of (\d+) bytes/);
       if (m) return `The upload is over the limit of ${megabytes(+m[1])}.`;
       m = detail.match(/(\d+)x(\d+)/);

@@ -1,6 +1,6 @@
 import { $, models, showError, wholePercent } from "./api.js";
 
-const COLUMNS = ["Model", "Task", "Accuracy", "Dataset", "Device", "Not sure below"];
+const COLUMNS = ["Model", "Task", "Accuracy", "Dataset", "Device", "Calibration error", "Not sure below"];
 
 export async function initModels() {
   const body = $("models-body");
@@ -11,8 +11,12 @@ export async function initModels() {
       const acc = m.metrics && typeof m.metrics.accuracy === "number" ? `${(m.metrics.accuracy * 100).toFixed(2)} %` : "–";
       const dataset = m.metrics ? [m.metrics.dataset, m.metrics.split, m.metrics.size ? `(${m.metrics.size})` : ""]
         .filter(Boolean).join(" ") : "–";
-      const below = m.calibration?.low_confidence_below;
-      const cells = [m.name + (m.default ? " (default)" : ""), m.task, acc, dataset, m.device ?? "–",
+      const cal = m.calibration ?? {};
+      const below = cal.low_confidence_below;
+      // expected calibration error on the test set: how far the scores are from the accuracy they promise
+      const ece = typeof cal.ece_after === "number" ? `${(cal.ece_after * 100).toFixed(1)} %`
+        + (typeof cal.ece_before === "number" ? ` (was ${(cal.ece_before * 100).toFixed(1)} %)` : "") : "–";
+      const cells = [m.name + (m.default ? " (default)" : ""), m.task, acc, dataset, m.device ?? "–", ece,
         typeof below === "number" ? wholePercent(below) : "–"];
       cells.forEach((text, i) => {
         const td = document.createElement("td");

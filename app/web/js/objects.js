@@ -40,7 +40,7 @@ export function initObjects() {
     } catch (err) {
       if (mine !== seq) return;
       result.textContent = "";
-      showError("object-error", err, { what: "photo" });
+      showError("object-error", err, { what: "photo", noun: "The photo" });
     }
   }
 

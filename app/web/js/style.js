@@ -97,8 +97,8 @@ export function initStyle() {
       const d = opts.defaults?.[name];
       if (typeof d === "number" && input.value === "") input.value = String(d);
       const range = opts.limits?.[name];
-      if (range?.min !== undefined) input.min = String(range.min);
-      if (range?.max !== undefined) input.max = String(range.max);
+      if (typeof range?.min === "number") input.min = String(range.min);
+      if (typeof range?.max === "number") input.max = String(range.max);
       if (typeof d === "number") input.placeholder = String(d);
     }
     const preserve = form.elements.namedItem("preserve_color");
@@ -126,8 +126,10 @@ export function initStyle() {
       const input = form.elements.namedItem(name);
       const n = Number(value);
       const integer = input?.step !== "any";
-      if (!Number.isFinite(n) || (integer && !Number.isInteger(n))
-          || (range?.min !== undefined && n < range.min) || (range?.max !== undefined && n > range.max)) {
+      const min = typeof range?.min === "number" ? range.min : -Infinity;
+      const max = typeof range?.max === "number" ? range.max : Infinity;
+      if (!Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max
+          || (range?.exclusive_min && n === min) || (range?.exclusive_max && n === max)) {
         return { input, text: rangeSentence(name, limits) ?? `${input?.labels?.[0]?.textContent ?? name} must be a number.` };
       }
     }
@@ -404,7 +406,9 @@ export function initStyle() {
       follow(job);
       onStatus(job);
     } catch (err) {
-      showError("style-error", err, { what: upload.files[0] ? "painting" : "photo", limits });
+      const both = Boolean(upload.files[0]);
+      showError("style-error", err, { what: /^style/.test(err.detail ?? "") ? "painting" : "photo", limits,
+        noun: both ? "The photo and the painting" : "The photo", plural: both });
     } finally {
       submit.disabled = false;
     }

@@ -1,0 +1,473 @@
+"""The page and the docs tell the truth (issue 11, part 4), in Debian's Chromium against a real uvicorn:
+
+- /docs (Swagger UI) and /redoc render with every request off the server blocked (assets from fastapi-offline);
+- errors are sentences, the API's own detail one click away, and gone when the next action starts;
+- a style job whose server goes away shows the lost connection, and recovers by itself when it is back
+  (the server is killed with SIGKILL and started again on the same port and data directory);
+- an event stream that cannot be had falls back to polling (Playwright blocks the stream) and comes back;
+- a job's time estimate before submitting and its eta while it runs (GET /v1/style/estimate, eta_s);
+- the style form's defaults and bounds come from GET /v1/style/options;
+- answers below a model's calibrated threshold (GET /v1/models calibration.low_confidence_below) read "Not sure";
+- a 375 px wide phone: nothing cut off, the Steps label beside its input, the models table readable.
+
+Everything is driven as a person would: the mouse, file inputs, the keyboard. Screenshots: test-artifacts/web-truth/.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_e2e import REPO_ROOT, free_port, wait_until_ready
+from tests.test_web import CHROMIUM, CHROMIUM_ARGS, JOB_TIMEOUT_MS, TIMEOUT_MS, draw
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "web-truth"
+RESTART_TIMEOUT_MS = 120_000  # the server started again (models loaded) and the page noticing it
+
+
+class Server:
+    """A real uvicorn that a test may kill (SIGKILL, like a crash or a pulled cable) and start again on the same
+    port and data directory."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / "server.log"
+        self.env = {**os.environ, "WEIGHTS_DIR": str(REPO_ROOT / "weights"), "DATA_DIR": str(tmp / "data"),
+                    "DEVICE": "cpu", "JOB_WORKERS": "1"}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until_ready(self.process, self.url, self.log_path)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its worker processes (its own process group)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("web-truth"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def open_page(browser, server: Server, path: str = "/", width: int = 1100, height: int = 900,
+              tolerated: frozenset = frozenset(), **context_args):
+    """A fresh context with the network blocked: anything not to the test server is aborted and recorded; only the
+    `tolerated` URLs may be tried (and fail)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(base_url=server.url, viewport={"width": width, "height": height}, **context_args)
+    context.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+    context.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(server.url)
+                                         else (outside.append(route.request.url), route.abort())))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(path)
+    if path == "/":
+        page.wait_for_selector("body[data-ready=true]")
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+    outside = [url for url in outside if url not in tolerated]
+    assert not outside, f"the page tried to fetch from outside: {outside}"
+
+
+def shot(target, name: str, full: bool = False) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    if hasattr(target, "viewport_size"):
+        target.screenshot(path=str(path), full_page=full)
+    else:
+        target.screenshot(path=str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(server, tmp_path_factory) -> Path:
+    """A held-out CIFAR-10 photo upscaled to 128x128 PNG (the style jobs' content)."""
+    data = np.load(REPO_ROOT / "data" / "heldout" / "cifar-test.npz")
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(data["x"][0]).resize((128, 128), Image.BICUBIC).save(path)
+    return path
+
+
+def style_options(server: Server) -> dict:
+    response = httpx.get(f"{server.url}/v1/style/options", timeout=10)
+    assert response.status_code == 200, "GET /v1/style/options is not served (yet)"
+    return response.json()
+
+
+def models_by_name(server: Server) -> dict:
+    return {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]}
+
+
+def threshold_of(models: dict, task: str) -> tuple[str, float]:
+    m = next(m for m in models.values() if m["task"] == task and m.get("default"))
+    below = (m.get("calibration") or {}).get("low_confidence_below")
+    assert isinstance(below, float | int), f"GET /v1/models has no calibration.low_confidence_below for {m['name']}"
+    return m["name"], float(below)
+
+
+def submit_style(page, photo: Path, size: int, steps: int) -> None:
+    page.locator("#style-presets input").first.wait_for(state="attached")
+    page.set_input_files("#style-content", str(photo))
+    page.locator("#style-size").fill(str(size))
+    page.locator("#style-steps").fill(str(steps))
+    page.locator("#style-submit").click()
+
+
+def step_shown(page) -> int:
+    m = re.search(r"step (\d+) of", page.locator("#style-status").inner_text())
+    return int(m[1]) if m else -1
+
+
+def cancel_job(page) -> None:
+    page.locator("#style-cancel").click()
+    page.wait_for_function("document.querySelector('#style-job').dataset.status === 'cancelled'")
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+def test_docs_and_redoc_render_with_the_network_blocked(browser, server):
+    with open_page(browser, server, "/docs") as page:
+        operations = page.locator(".opblock")
+        operations.first.wait_for()
+        paths = " ".join(page.locator(".opblock-summary-path").all_inner_texts()).replace("\u200b", "")
+        for path in ("/v1/digits/predict", "/v1/objects/predict", "/v1/sentiment/predict", "/v1/style/jobs"):
+            assert path in paths
+        assert operations.count() >= 12
+        # open one operation with the mouse: its parameters and "Try it out" are there
+        page.locator(".opblock-summary", has_text="/v1/models/").first.click()
+        page.get_by_role("button", name="Try it out").first.wait_for()
+        assets = page.evaluate("[...document.scripts].map(s => s.src).concat("
+                               "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.href))")
+        assert assets and all(a.startswith(server.url + "/static-offline-docs/") for a in assets if a), assets
+        shot(page, "docs-offline")
+    # ReDoc's "powered by" footer tries its logo from its CDN; offline the image removes itself (onError)
+    redoc_logo = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    with open_page(browser, server, "/redoc", tolerated=frozenset({redoc_logo})) as page:
+        page.locator("h2", has_text="Submit a style-transfer job").first.wait_for()  # the operation, rendered
+        page.locator("h1", has_text="Model server").first.wait_for()
+        assert page.locator("script[src]").evaluate_all("ss => ss.map(s => s.src)") == \
+            [f"{server.url}/static-offline-docs/redoc.standalone.js"]
+        page.wait_for_function("!document.querySelector(\"img[alt='redocly logo']\")")  # no broken image left
+        shot(page, "redoc-offline")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+def test_errors_are_sentences_with_the_api_detail_and_clear_on_the_next_action(browser, server, photo, tmp_path):
+    with open_page(browser, server) as page:
+        alert = page.locator("#object-error[role=alert]")
+        page.set_input_files("#object-file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                     "buffer": b"this is not a picture"}])
+        alert.locator(".message").wait_for()
+        assert alert.locator(".message").inner_text() == \
+            "This file is not a picture the server can read. Use a PNG, JPEG, GIF, BMP or WebP image."
+        detail = alert.locator("details code")
+        assert detail.is_hidden()  # the API's words are one click away, not in the way
+        alert.locator("summary", has_text="Details").click()
+        assert detail.is_visible() and detail.inner_text().startswith("HTTP 415: not an image")
+        shot(alert, "error-objects-415")
+        # the next photo clears the error, and a success is never shown beside an old error
+        page.set_input_files("#object-file", str(photo))
+        page.wait_for_selector("#object-label")
+        assert alert.inner_text() == ""
+
+        # a photo over the upload limit: "The photo is 14.5 MB; the limit is 10 MB."
+        big = tmp_path / "holiday.jpg"
+        big.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(int(14.5 * 1024 * 1024) - 4))
+        page.set_input_files("#object-file", str(big))
+        alert.locator(".message").wait_for()
+        assert alert.locator(".message").inner_text() == "The photo is 14.5 MB; the limit is 10 MB."
+        assert page.locator("#object-result").inner_text() == ""
+
+        # style: a size out of range, in words, from the API's limits (the server's own 422 kept in Details)
+        limits = style_options(server)["limits"]["size"]
+        page.set_input_files("#style-content", str(photo))
+        page.locator("#style-size").fill(str(limits["max"] * 5))
+        page.locator("#style-steps").fill("3")
+        page.locator("#style-submit").click()
+        style_alert = page.locator("#style-error .message")
+        style_alert.wait_for()
+        assert style_alert.inner_text() == f"Size must be between {limits['min']} and {limits['max']} px."
+        shot(page.locator("#style"), "error-style-size")
+        # next action: correcting the size clears the error at once, and the job then succeeds with none shown
+        page.locator("#style-size").fill(str(limits["min"]))
+        assert page.locator("#style-error").inner_text() == ""
+        page.locator("#style-submit").click()
+        page.wait_for_selector("#style-download:not([hidden])", timeout=JOB_TIMEOUT_MS)
+        assert page.locator("#style-error").inner_text() == ""
+
+
+def test_validation_errors_from_the_server_are_sentences(browser, server, photo):
+    """Sent as curl would (no page-side check): the server's 422 is explained the same way."""
+    with open_page(browser, server) as page:
+        page.set_input_files("#style-content", str(photo))
+        page.locator("#style-presets input").first.wait_for(state="attached")
+        message = page.evaluate("""async () => {
+            const { api, explain, technicalDetail } = await import('/web/js/api.js');
+            const data = new FormData();
+            data.append('content', document.querySelector('#style-content').files[0]);
+            data.append('style_preset', document.querySelector('#style-presets input').value);
+            data.append('size', '5000');
+            try { await api('/v1/style/jobs', { method: 'POST', body: data }); return null; }
+            catch (err) { return [explain(err, {}), technicalDetail(err)]; }
+        }""")
+        assert message[0] == "Size must be at most 1024 px."
+        assert message[1].startswith("HTTP 422: body size: Input should be less than or equal to 1024")
+
+
+# ------------------------------------------------------------------------------------------------ lost connection
+
+def test_lost_connection_shows_and_recovers_by_itself(browser, server, photo):
+    with open_page(browser, server) as page:
+        # every connection state the page goes through, in order
+        page.evaluate("""() => { window.connectionStates = [];
+            new MutationObserver(() => { const s = document.querySelector('#style-job').dataset.connection;
+                if (s && window.connectionStates.at(-1) !== s) window.connectionStates.push(s); })
+            .observe(document.querySelector('#style-job'), { attributes: true, attributeFilter: ['data-connection'] }); }""")
+        submit_style(page, photo, size=64, steps=2000)
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'"
+                               " && document.querySelector('#style-progress').value > 0.01", timeout=JOB_TIMEOUT_MS)
+        before = step_shown(page)
+        assert before > 0
+
+        server.kill()  # the server goes away mid-job
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'lost'", timeout=15_000)
+        banner = page.locator("#style-connection")
+        assert banner.is_visible() and "Connection to the server lost" in banner.inner_text()
+        assert page.locator("#style-status").inner_text().startswith("Last known: Job running: step ")
+        shot(page.locator("#style"), "connection-lost")
+        time.sleep(3)  # still trying, still saying so
+        assert page.locator("#style-job").get_attribute("data-connection") == "lost"
+
+        server.start()  # same port, same jobs database: the job was re-queued and runs again
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'",
+                               timeout=RESTART_TIMEOUT_MS)
+        states = page.evaluate("window.connectionStates")
+        assert states[0] == "live" and "lost" in states and states[-1] == "live", states
+        assert not page.locator("#style-status").inner_text().startswith("Last known")
+        if banner.is_visible():
+            assert banner.inner_text() == "Reconnected."
+        # progress moves again through the re-opened stream
+        page.wait_for_function("document.querySelector('#style-job').dataset.status === 'running'"
+                               " && /step [1-9]/.test(document.querySelector('#style-status').textContent)",
+                               timeout=JOB_TIMEOUT_MS)
+        shot(page.locator("#style"), "connection-recovered")
+        cancel_job(page)
+
+
+def test_a_blocked_event_stream_falls_back_to_polling(browser, server, photo):
+    with open_page(browser, server) as page:
+        page.context.route("**/events", lambda route: route.abort())  # a proxy that breaks server-sent events
+        submit_style(page, photo, size=64, steps=2000)
+        job = page.locator("#style-job")
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'polling'",
+                               timeout=JOB_TIMEOUT_MS)
+        page.wait_for_function("/step [1-9]/.test(document.querySelector('#style-status').textContent)",
+                               timeout=JOB_TIMEOUT_MS)
+        first = step_shown(page)
+        page.wait_for_function(f"(() => {{ const m = document.querySelector('#style-status').textContent"
+                               f".match(/step (\\d+) of/); return m && +m[1] > {first}; }})()", timeout=JOB_TIMEOUT_MS)
+        assert job.get_attribute("data-connection") == "polling"
+        page.context.unroute("**/events")
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'", timeout=30_000)
+        cancel_job(page)
+
+
+# ------------------------------------------------------------------------------------------------ estimates
+
+def test_estimate_before_a_long_job_and_eta_while_it_runs(browser, server, photo):
+    opts = style_options(server)
+    with open_page(browser, server) as page:
+        estimate = page.locator("#style-estimate")
+        page.locator("#style-size").fill(str(opts["limits"]["size"]["max"]))
+        page.locator("#style-steps").fill(str(opts["limits"]["steps"]["max"]))
+        page.wait_for_function("+document.querySelector('#style-estimate').dataset.eta > 60")
+        eta = float(estimate.get_attribute("data-eta"))
+        api = httpx.get(f"{server.url}/v1/style/estimate", params={"size": opts["limits"]["size"]["max"],
+                                                                 "steps": opts["limits"]["steps"]["max"]}).json()
+        assert eta == pytest.approx(api["eta_s"], rel=0.5)
+        assert re.fullmatch(r"This job will take about \d+ (min|h( \d+ min)?)(, \d+ jobs? ahead of it)?\. "
+                            r"Fewer steps or a smaller size are quicker\.", estimate.inner_text()), estimate.inner_text()
+        shot(page.locator("#style-form"), "estimate-long-job")
+        # a small job: a short estimate, not the warning
+        page.locator("#style-size").fill(str(opts["limits"]["size"]["min"]))
+        page.locator("#style-steps").fill("2000")
+        page.wait_for_function(f"+document.querySelector('#style-estimate').dataset.eta < {eta}")
+
+        submit_style(page, photo, size=opts["limits"]["size"]["min"], steps=2000)
+        page.wait_for_function("document.querySelector('#style-job').dataset.status === 'running'"
+                               " && document.querySelector('#style-job').dataset.eta !== undefined", timeout=JOB_TIMEOUT_MS)
+        assert re.search(r"· (a few seconds|about \d+ (s|min)) left$", page.locator("#style-status").inner_text())
+        shot(page.locator("#style-job"), "eta-running")
+        cancel_job(page)
+
+
+# ------------------------------------------------------------------------------------------------ defaults
+
+def test_style_form_defaults_and_bounds_come_from_the_api(browser, server):
+    opts = style_options(server)
+    html = (REPO_ROOT / "app" / "web" / "index.html").read_text()
+    for name in ("size", "steps", "style_weight"):  # nothing written twice: the page has no default of its own
+        tag = re.search(rf'<input[^>]*name="{name}"[^>]*>', html)[0]
+        assert " value=" not in tag and " min=" not in tag and " max=" not in tag, tag
+    with open_page(browser, server) as page:
+        page.wait_for_selector("#style-form[data-options=api]")
+        for name, selector in (("size", "#style-size"), ("steps", "#style-steps"), ("style_weight", "#style-weight")):
+            box = page.locator(selector)
+            assert float(box.input_value()) == pytest.approx(opts["defaults"][name]), name
+            if name in opts["limits"]:
+                assert float(box.get_attribute("min")) == opts["limits"][name]["min"]
+                assert float(box.get_attribute("max")) == opts["limits"][name]["max"]
+        assert page.locator("#style-preserve").is_checked() == bool(opts["defaults"].get("preserve_color", False))
+        assert page.locator("#style-upload-limit").inner_text() == f"Up to {opts['max_upload_mb']:g} MB."
+
+
+# ------------------------------------------------------------------------------------------------ not sure
+
+def test_low_confidence_answers_read_not_sure(browser, server, tmp_path):
+    models = models_by_name(server)
+    data = np.load(REPO_ROOT / "data" / "heldout" / "cifar-test.npz")
+    _, t_objects = threshold_of(models, "objects")
+    unsure = sure = None
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for i, image in enumerate(data["x"][:300]):
+            path = tmp_path / f"photo-{i}.png"
+            Image.fromarray(image).resize((128, 128), Image.BICUBIC).save(path)
+            body = http.post("/v1/objects/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+            if body["score"] < t_objects and unsure is None:
+                unsure = (path, body)
+            elif body["score"] >= t_objects and sure is None:
+                sure = (path, body)
+            if unsure and sure:
+                break
+    assert unsure and sure, "no photo on each side of the threshold among 300"
+    _, t_sentiment = threshold_of(models, "sentiment")
+    sst = np.load(REPO_ROOT / "data" / "heldout" / "sst2-dev.npz", allow_pickle=True)
+    texts = ["ok", "!!!", "it is a film", "the movie", "fine i guess", "so-so", *[str(t) for t in sst[sst.files[0]][:200]]]
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        results = http.post("/v1/sentiment/predict", json={"texts": texts}).json()["results"]
+    unsure_text = next((t for t, r in zip(texts, results) if r["score"] < t_sentiment and "\n" not in t), None)
+    assert unsure_text, "no review under the sentiment threshold"
+
+    with open_page(browser, server) as page:
+        result = page.locator("#object-result")
+        page.set_input_files("#object-file", str(unsure[0]))
+        page.wait_for_function("document.querySelector('#object-result').dataset.confidence !== undefined")
+        label, score = unsure[1]["label"], unsure[1]["score"]
+        article = "an" if label[0] in "aeiou" else "a"
+        assert result.inner_text() == f"Not sure: maybe {article} {label} ({round(score * 100)} %)"
+        assert result.get_attribute("data-confidence") == "low"
+        shot(page.locator("#objects"), "not-sure-objects")
+        page.set_input_files("#object-file", str(sure[0]))
+        page.wait_for_function("document.querySelector('#object-result').dataset.confidence === 'high'")
+        assert result.inner_text().startswith(f"Most likely {sure[1]['label']} (")
+
+        page.locator("#sentiment-text").press_sequentially(unsure_text, delay=2)
+        page.wait_for_function("document.querySelector('#sentiment-result').dataset.confidence === 'low'")
+        assert re.fullmatch(r"Not sure: maybe (positive|negative) \(\d+ %\)", page.locator("#sentiment-result").inner_text())
+        shot(page.locator("#sentiment"), "not-sure-sentiment")
+
+        # digits: shapes that are no digit at all; each answer is shown as sure or not as its score says
+        _, t_digits = threshold_of(models, "digits")
+        seen_unsure = False
+        shapes = [[[(0.2, 0.5), (0.8, 0.5)]],  # a dash
+                  [[(0.3, 0.3), (0.7, 0.7)], [(0.7, 0.3), (0.3, 0.7)]],  # a cross
+                  [[(0.2, 0.2), (0.8, 0.2), (0.8, 0.8), (0.2, 0.8), (0.2, 0.2)]],  # a square
+                  [[(0.5, 0.2), (0.8, 0.8), (0.2, 0.8), (0.5, 0.2)]]]  # a triangle
+        for shape in shapes:
+            page.locator("#digit-clear").click()
+            draw(page, shape)
+            page.wait_for_function("document.querySelector('#digit-result').dataset.confidence !== undefined")
+            text = page.locator("#digit-result").inner_text()
+            shown = float(re.search(r"\((\d+(?:\.\d)?) %", text)[1])  # rounded as shown: 41 % or 97.3 %
+            low = page.locator("#digit-result").get_attribute("data-confidence") == "low"
+            if low:
+                assert shown <= t_digits * 100 + 0.5, (text, t_digits)
+            else:
+                assert shown >= t_digits * 100 - 0.05, (text, t_digits)
+            if low:
+                assert re.fullmatch(r"Not sure: maybe an? \d \(\d+ %\), digits-\w+", text), text
+                seen_unsure = True
+                shot(page.locator("#digits"), "not-sure-digits")
+        assert seen_unsure, "none of the non-digit shapes was shown as not sure"
+
+
+# ------------------------------------------------------------------------------------------------ phone
+
+def test_phone_layout_375px_nothing_cut_off(browser, server, photo):
+    with open_page(browser, server, width=375, height=812, is_mobile=True, has_touch=True) as page:
+        page.locator("#models-body tr").nth(3).wait_for()
+        page.locator("#style-presets input").first.wait_for(state="attached")
+        # an error with its details open, so that the longest words are on screen too
+        page.set_input_files("#object-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"x"}])
+        page.locator("#object-error .message").wait_for()
+        page.locator("#object-error summary").tap()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        # no visible element reaches past the screen's right edge
+        over = page.evaluate("""() => [...document.querySelectorAll('body *')].filter(el => {
+            const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 && r.right > 375.5; })
+            .map(el => el.id || el.tagName + '.' + el.className)""")
+        assert over == [], over
+        # each label stays on the line of its input
+        for label, box in (("label[for=style-size]", "#style-size"), ("label[for=style-steps]", "#style-steps"),
+                           ("label[for=digit-model]", "#digit-model")):
+            a, b = page.locator(label).bounding_box(), page.locator(box).bounding_box()
+            assert a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"], (label, a, b)
+            assert a["x"] + a["width"] <= b["x"], (label, a, b)
+        # the models: every value of every model visible, none scrolled out of sight
+        wrap = page.locator(".table-wrap")
+        assert wrap.evaluate("w => w.scrollWidth <= w.clientWidth")
+        cells = page.locator("#models-body td")
+        assert cells.count() == 4 * 7
+        for i in range(cells.count()):
+            r = cells.nth(i).bounding_box()
+            assert r["x"] >= 0 and r["x"] + r["width"] <= 375, (cells.nth(i).inner_text(), r)
+        page.locator("#style").scroll_into_view_if_needed()
+        shot(page.locator("#style"), "phone-style")
+        shot(page.locator("#models"), "phone-models")
+        shot(page, "phone-full", full=True)
