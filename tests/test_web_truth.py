@@ -342,7 +342,7 @@ def test_estimate_before_a_long_job_and_eta_while_it_runs(browser, server, photo
         submit_style(page, photo, size=opts["limits"]["size"]["min"], steps=2000)
         page.wait_for_function("document.querySelector('#style-job').dataset.status === 'running'"
                                " && document.querySelector('#style-job').dataset.eta !== undefined", timeout=JOB_TIMEOUT_MS)
-        assert re.search(r"· (a few seconds|about \d+ (s|min)) left$", page.locator("#style-status").inner_text())
+        assert re.search(r"^Job running: step \d+ of 2000 · (a few seconds|about \d+ (s|min)) left$", page.locator("#style-status").inner_text())
         shot(page.locator("#style-job"), "eta-running")
         cancel_job(page)
 

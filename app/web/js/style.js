@@ -230,14 +230,14 @@ export function initStyle() {
     delete panel.dataset.connection;
   }
 
+  /** "Job running: step 20 of 100 · about 2 min left" (the estimate only while it is known). */
   function describe(job, withEta = true) {
     const eta = withEta ? left(job.eta_s) : "";
-    const tail = eta ? ` · ${eta}` : "";
+    const line = (text) => (eta ? `${text} · ${eta}` : `${text}.`);
     switch (job.status) {
-      case "queued":
-        return `Job queued${job.queue_position ? ` (place ${job.queue_position} in the queue)` : ""}.${tail}`;
+      case "queued": return line(`Job queued${job.queue_position ? ` (place ${job.queue_position} in the queue)` : ""}`);
       case "running":
-        return job.progress?.total ? `Job running: step ${job.progress.step} of ${job.progress.total}.${tail}` : `Job running.${tail}`;
+        return line(job.progress?.total ? `Job running: step ${job.progress.step} of ${job.progress.total}` : "Job running");
       case "succeeded": return "Job succeeded.";
       case "failed": return `Job failed: ${job.error ?? "no reason given"}`;
       case "cancelled": return "Job cancelled.";
