@@ -252,6 +252,7 @@ def calibrate(entry: dict, args, device) -> dict:
         "ece_after": round(expected_calibration_error(after, test_labels, args.bins), 4),
         "nll_before": round(nll(test_logits, test_labels), 4),
         "nll_after": round(nll(test_logits, test_labels, temperature), 4),
+        "ece_noise_floor": round(noise_floor(after, args.bins, args.seed), 4),
         "low_confidence_below": low_confidence_threshold(softmax(cal_logits, temperature), cal_labels,
                                                          args.sure_accuracy),
         "sure_accuracy": args.sure_accuracy,
@@ -267,7 +268,7 @@ def calibrate(entry: dict, args, device) -> dict:
           f"NLL {nll(cal_logits, cal_labels):.4f} -> {nll(cal_logits, cal_labels, temperature):.4f}")
     print(f"{'':15s} {s['ece_split']}: ECE({args.bins} bins) {block['ece_before']:.4f} -> {block['ece_after']:.4f}, "
           f"NLL {block['nll_before']:.4f} -> {block['nll_after']:.4f}, accuracy {correct.mean():.4f} (unchanged); "
-          f"a perfectly calibrated model would show ECE ~{noise_floor(after, args.bins, args.seed):.4f} here")
+          f"a perfectly calibrated model would show ECE ~{block['ece_noise_floor']:.4f} here")
     print(f"{'':15s} low_confidence_below {block['low_confidence_below']:.2f}: flags {flagged.mean():.1%} of the "
           f"test answers (accuracy {correct[flagged].mean() if flagged.any() else float('nan'):.3f}; the rest "
           f"{correct[~flagged].mean():.3f})")

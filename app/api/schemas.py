@@ -107,6 +107,8 @@ class Calibration(BaseModel):
     ece_after: float = Field(description="expected calibration error of the served scores on `ece_split`")
     nll_before: float | None = None
     nll_after: float | None = None
+    ece_noise_floor: float | None = Field(None, description="mean ECE a perfectly calibrated model with the served "
+                                                            "scores would show on `ece_size` inputs (sampling noise)")
     low_confidence_below: float = Field(description="below this score the answer is shown as uncertain: on "
                                                     "`split`, such answers were right less than `sure_accuracy` "
                                                     "of the time")
