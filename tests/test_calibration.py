@@ -95,7 +95,8 @@ def test_served_ece_is_the_manifest_figure(real_client, name):
     assert served_ece(real_client, name) == pytest.approx(calibration(name)["ece_after"], abs=0.002)
     # Fitted on data the model never saw, the temperature must help; a provisional fit (the weights trained on
     # the calibration images: digits until they are retrained) need not.
-    assert served_ece(real_client, name) < calibration(name)["ece_before"] or "PROVISIONAL" in calibration(name)["split"]
+    block = calibration(name)
+    assert served_ece(real_client, name) < block["ece_before"] or "PROVISIONAL" in block["split"]
 
 
 @pytest.mark.real_weights

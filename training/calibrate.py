@@ -164,27 +164,40 @@ def _text_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", "".join(tokenize(text)))
 
 
+def _rt_polarity(data_dir: Path):
+    """(sentence, label) of rt-polarity (cp1252), negatives first."""
+    for label, suffix in ((0, "neg"), (1, "pos")):
+        with open(data_dir / "sentiment" / "rt-polaritydata" / f"rt-polarity.{suffix}", encoding="cp1252") as f:
+            for line in f:
+                yield line.strip(), label
+
+
 def rt_polarity_sst2_test(data_dir: Path) -> tuple[list[str], np.ndarray]:
     """rt-polarity sentences that are SST-2 test sentences (SST was built from rt-polarity's reviews; its test
     split is never trained on and GLUE ships it unlabelled), labelled with rt-polarity's review polarity. Any
     sentence also found among the SST-2 train phrases or dev sentences is dropped."""
-    root = data_dir / "sentiment"
-    with open(root / "SST-2" / "test.tsv", encoding="utf-8") as f:
+    with open(data_dir / "sentiment" / "SST-2" / "test.tsv", encoding="utf-8") as f:
         next(f)
         test_keys = {_text_key(line.rstrip("\n").split("\t", 1)[1]) for line in f}
     train_texts, _ = load_sst2(data_dir, "train")
     dev_texts, _ = load_sst2(data_dir, "dev")
     seen = {_text_key(t) for t in train_texts} | {_text_key(t) for t in dev_texts}
     texts, labels, taken = [], [], set()
-    for label, suffix in ((0, "neg"), (1, "pos")):
-        with open(root / "rt-polaritydata" / f"rt-polarity.{suffix}", encoding="cp1252") as f:
-            for line in f:
-                key = _text_key(line)
-                if key in test_keys and key not in seen and key not in taken:
-                    taken.add(key)
-                    texts.append(line.strip())
-                    labels.append(label)
+    for text, label in _rt_polarity(data_dir):
+        key = _text_key(text)
+        if key in test_keys and key not in seen and key not in taken:
+            taken.add(key)
+            texts.append(text)
+            labels.append(label)
     return texts, np.array(labels, dtype=np.int64)
+
+
+def rt_polarity_agreement_with_sst2_dev(data_dir: Path) -> tuple[int, int]:
+    """How often rt-polarity's review label equals SST-2's sentence label, on the dev sentences found in both."""
+    dev_texts, dev_labels = load_sst2(data_dir, "dev")
+    dev = {_text_key(t): y for t, y in zip(dev_texts, dev_labels)}
+    pairs = [(label, dev[key]) for text, label in _rt_polarity(data_dir) if (key := _text_key(text)) in dev]
+    return sum(a == b for a, b in pairs), len(pairs)
 
 
 def splits(entry: dict, data_dir: Path, heldout_dir: Path, device, seed: int) -> dict:
@@ -216,13 +229,17 @@ def splits(entry: dict, data_dir: Path, heldout_dir: Path, device, seed: int) ->
                         ece_split=f"CIFAR-10 subset test ({len(test['y']):,})")
         cal_idx, ece_idx = stratified_halves(test["y"], seed)
         return dict(cal=(test_logits[cal_idx], test["y"][cal_idx]),
-                    test=(test_logits[ece_idx], test["y"][ece_idx]), split_seed=seed,
+                    test=(test_logits[ece_idx], test["y"][ece_idx]), all_test=(test_logits, test["y"]),
+                    split_seed=seed,
                     split=f"CIFAR-10 subset test, class-stratified half A ({len(cal_idx)} images, seed {seed}): "
                           f"the model trained on all {CIFAR_TRAIN_SIZE:,} train images, so no other labelled "
                           f"image is unseen",
                     ece_split=f"CIFAR-10 subset test, the other half B ({len(ece_idx)} images)")
     if task == "sentiment":
         texts, labels = rt_polarity_sst2_test(data_dir)
+        agree, found = rt_polarity_agreement_with_sst2_dev(data_dir)
+        print(f"{entry['name']:15s} rt-polarity labels agree with SST-2's on {agree}/{found} dev sentences "
+              f"({agree / found:.1%}): the calibration labels are almost, not quite, SST-2's")
         test = load_heldout(heldout_dir, "sst2-dev")
         return dict(cal=(text_logits(model, texts, device), labels),
                     test=(text_logits(model, test["texts"], device), test["y"]), split_seed=None,
@@ -260,6 +277,8 @@ def calibrate(entry: dict, args, device) -> dict:
     }
     if s["split_seed"] is not None:
         block["split_seed"] = s["split_seed"]  # stratified_halves(test labels, split_seed) gives both halves again
+    if s["split_seed"] is not None and args.resplits:
+        print_resplits(s["all_test"], args)
     cal_probs = softmax(cal_logits, temperature)
     flagged = after.max(1) < block["low_confidence_below"]
     correct = after.argmax(1) == test_labels
@@ -273,6 +292,22 @@ def calibrate(entry: dict, args, device) -> dict:
           f"test answers (accuracy {correct[flagged].mean() if flagged.any() else float('nan'):.3f}; the rest "
           f"{correct[~flagged].mean():.3f})")
     return block
+
+
+def print_resplits(test: tuple[np.ndarray, np.ndarray], args) -> None:
+    """How much the test-halves figures depend on the cut: fit on half A, ECE on half B, for many seeds."""
+    logits, labels = test
+    temperatures, before, after = [], [], []
+    for seed in range(args.resplits):
+        a, b = stratified_halves(labels, seed)
+        temperatures.append(fit_temperature(logits[a], labels[a]))
+        before.append(expected_calibration_error(softmax(logits[b]), labels[b], args.bins))
+        after.append(expected_calibration_error(softmax(logits[b], temperatures[-1]), labels[b], args.bins))
+    after = np.array(after)
+    print(f"{'':15s} over {args.resplits} random halvings: T {np.mean(temperatures):.3f} "
+          f"+- {np.std(temperatures):.3f}, "
+          f"ECE {np.mean(before):.4f} -> {after.mean():.4f} (5-95 %: {np.quantile(after, 0.05):.4f}.."
+          f"{np.quantile(after, 0.95):.4f}; <= 0.03 in {(after <= 0.03).mean():.0%})")
 
 
 def write_calibrations(weights_dir: Path, blocks: dict[str, dict]) -> None:
@@ -299,6 +334,8 @@ def main() -> None:
                         help="low_confidence_below is the score under which answers are right less often than "
                              "this on the calibration split (default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the objects test halves (default 0)")
+    parser.add_argument("--resplits", type=int, default=0,
+                        help="objects on test halves: also print the spread over this many random halvings")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, leave the manifest alone")
