@@ -1,6 +1,7 @@
 """`python -m app.worker`: a style-transfer worker for JOB_BACKEND=redis, on any host that reaches REDIS_URL.
 
-It loads VGG-19 once per device, then runs the jobs Dramatiq delivers, one at a time per device, writing progress,
+It loads VGG-19 once per device and measures the device (a sub-second warm-up whose step times feed every
+replica's time estimates), then runs the jobs Dramatiq delivers, one at a time per device, writing progress,
 previews and results to the Redis job store and stopping within one optimisation step when a job is cancelled.
 Settings come from the same environment variables as the server (REDIS_URL, REDIS_NAMESPACE, DEVICE,
 STYLE_VGG_WEIGHTS, JOB_MAX_ATTEMPTS, JOB_HEARTBEAT_TIMEOUT_S, ...).
@@ -102,7 +103,9 @@ class RedisWorker:
     def serve(self) -> None:
         import dramatiq
 
+        # VGG loaded and the device measured (warm-up) before the first heartbeat: a live worker is a ready one
         self.runner.load_engine(self.device, str(self.settings.style_vgg_weights), self.settings.torch_threads)
+        self.store.register_worker(self.id, self.runner.device_key)
         self.store.heartbeat(self.id, None)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()

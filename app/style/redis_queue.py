@@ -12,6 +12,9 @@ the job's files live in Redis under REDIS_NAMESPACE (default "model-server"):
     <ns>:finished          sorted set of finished job ids by finish time (RESULT_TTL clean-up, metrics)
     <ns>:durations         list of the last run times (Retry-After estimates)
     <ns>:worker:<wid>      string with a TTL: the worker is alive; its value is the job it runs ("" when idle)
+    <ns>:worker_devices    hash: worker id -> its device kind (entries of workers gone are dropped by the janitor)
+    <ns>:step_times        hash: device kind -> its measured step-time model (JSON of app.style.jobs.StepTimes),
+                           updated by every worker, read by every replica for the time estimates
 
 Delivery is Dramatiq's (app/style/dispatch.py): submit() writes the record, then sends a message holding only
 the job id; whichever worker receives it claim()s the job. Every state change is one Lua script, so replicas,
@@ -38,8 +41,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from app.style.jobs import (
-    CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull, job_inputs,
-    new_job_id, now,
+    CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull, StepTimes,
+    job_inputs, new_job_id, now,
 )
 
 CONNECT_TIMEOUT_S = 2.0
@@ -309,10 +312,10 @@ class RedisJobQueue:
 
     @_store_call
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
-               max_queued: int, job_id: str | None = None) -> Job:
+               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None) -> Job:
         job_id = job_id or new_job_id()
         files = {content[0]: content[1], **{s["file"]: s["data"] for s in styles if "data" in s}}
-        inputs = job_inputs(content, styles)
+        inputs = job_inputs(content, styles, content_size)
         record = {"id": job_id, "status": QUEUED, "params": json.dumps(params), "inputs": json.dumps(inputs),
                   "created_at": repr(now()), "total": int(total), "step": 0, "attempts": 0}
         self.client.hset(self._key("job", job_id, "files"), mapping=files)
@@ -398,12 +401,68 @@ class RedisJobQueue:
 
     @_store_call
     def workers(self) -> list[dict]:
-        """The live workers (their heartbeat key exists) and the job each runs."""
+        """The live workers (their heartbeat key exists), the job each runs and its device kind."""
         prefix = self._key("worker", "")
         keys = sorted(self.client.scan_iter(match=prefix + "*", count=100))
         values = self.client.mget(keys) if keys else []
-        return [{"id": key.decode()[len(prefix):], "alive": True, "job": value.decode() or None}
-                for key, value in zip(keys, values) if value is not None]
+        live = [(key.decode()[len(prefix):], value) for key, value in zip(keys, values) if value is not None]
+        devices = self.client.hmget(self._key("worker_devices"), [wid for wid, _ in live]) if live else []
+        return [{"id": wid, "alive": True, "job": value.decode() or None,
+                 "device": device.decode() if device else None} for (wid, value), device in zip(live, devices)]
+
+    @_store_call
+    def active_jobs(self) -> list[Job]:
+        """Every running job, then every queued job in queue order, for the time estimates."""
+        running = sorted(i.decode() for i in self.client.smembers(self._key("running")))
+        queued = [i.decode() for i in self.client.zrange(self._key("queued"), 0, -1)]
+        jobs = [job for job in self._jobs(running + queued) if job is not None]
+        return [job for job in jobs if job.status == RUNNING] + sorted(
+            (job for job in jobs if job.status == QUEUED), key=lambda job: job.queue_position or 0)
+
+    @_store_call
+    def step_times(self) -> dict[str, StepTimes]:
+        return {device.decode(): StepTimes.from_dict(json.loads(model))
+                for device, model in self.client.hgetall(self._key("step_times")).items()}
+
+    @_store_call
+    def record_step_times(self, device: str, samples: list[tuple[float, int, float]],
+                          head_s: float | None = None, tail_s: float | None = None) -> None:
+        """Fold measurements into `device`'s model: an optimistic transaction (WATCH), retried when another
+        worker updated it in between, so no worker's samples are lost."""
+        key = self._key("step_times")
+        with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(20):
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hget(key, device)
+                    model = StepTimes.from_dict(json.loads(raw)) if raw else StepTimes.unmeasured(device)
+                    model.observe_all(samples, head_s, tail_s)
+                    pipe.multi()
+                    pipe.hset(key, device, json.dumps(model.to_dict()))
+                    pipe.execute()
+                    return
+                except redis.exceptions.WatchError:
+                    continue
+
+    @_store_call
+    def register_worker(self, worker: str, device: str) -> None:
+        """A worker says which device kind it runs on (the time estimates price its jobs with that model)."""
+        self.client.hset(self._key("worker_devices"), worker, device)
+
+    @_store_call
+    def forget_gone_workers(self) -> int:
+        """Drop the device entries of workers whose heartbeat key is gone."""
+        key = self._key("worker_devices")
+        ids = [wid.decode() for wid in self.client.hkeys(key)]
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for wid in ids:
+            pipe.exists(self._key("worker", wid))
+        gone = [wid for wid, alive in zip(ids, pipe.execute()) if not alive]
+        if gone:
+            self.client.hdel(key, *gone)
+        return len(gone)
 
     # ------------------------------------------------------------------ worker side
 
@@ -425,6 +484,7 @@ class RedisJobQueue:
     def forget_worker(self, worker: str) -> None:
         """A worker that stops cleanly leaves the live list at once."""
         self.client.delete(self._key("worker", worker))
+        self.client.hdel(self._key("worker_devices"), worker)
 
     @_store_call
     def should_stop(self, job_id: str, worker: str | None = None) -> bool:

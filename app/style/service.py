@@ -1,12 +1,15 @@
 """The style-transfer service inside the API process: the job store, the worker processes and their supervisor.
 
 * start(): jobs left running by a previous process are re-queued (once) or failed; old results are cleaned up;
-  the supervisor task starts. Workers are spawned lazily, when the first job is queued (or at once when jobs
-  are waiting from before), so a server that never gets a style job never pays for torch + VGG in a child.
+  the worker processes are spawned at once, in the background (each loads VGG and measures the device while the
+  server starts serving), so the first job does not wait for them; the supervisor task starts. `readiness()`
+  says whether a worker is ready (/readyz `style`).
 * The supervisor (an asyncio task, every SUPERVISE_EVERY_S) restarts a worker process that died (its job is
   re-queued once, or failed) with a backoff when it keeps dying, and deletes results older than RESULT_TTL.
 * stop(): workers are asked to stop (a running job is handed back to the queue), then joined, terminated or
-  killed after a bounded wait.
+  killed after a bounded wait (one still loading holds no job and is terminated at once).
+* eta_board(): the time estimates of the moment (app.style.jobs.EtaBoard), from the store's measured step times,
+  the running and queued jobs and this server's workers; cached for ETA_CACHE_S.
 
 One API process owns a DATA_DIR: run uvicorn with one process and scale with JOB_WORKERS. For several API
 replicas and worker hosts, JOB_BACKEND=redis selects RedisStyleService: no local workers, a shared Redis store,
@@ -28,8 +31,10 @@ import torch
 
 from app.core.config import Settings
 from app.style.engine import StyleParams
-from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobQueue, JobStoreUnavailable, SQLiteJobQueue
-from app.style.worker import WorkerConfig, worker_main
+from app.style.jobs import (
+    QUEUED, SERVER_STOPPED, WORKER_DIED, EtaBoard, JobQueue, JobStoreUnavailable, SQLiteJobQueue, device_key,
+)
+from app.style.worker import FAILED, READY, STARTING, WorkerConfig, worker_main
 
 logger = logging.getLogger("app.style")
 
@@ -38,6 +43,10 @@ JANITOR_EVERY_S = 1.0  # JOB_BACKEND=redis: how often each replica looks for job
 STOP_TIMEOUT_S = 10.0  # how long a worker gets to finish its current step and exit at shutdown
 QUICK_DEATH_S = 10.0  # a worker dying sooner than this after its start counts towards the backoff
 MAX_BACKOFF_S = 30.0
+ETA_CACHE_S = 0.5  # time estimates are recomputed at most this often per process (every poll and stream reads them)
+FAILING_DEATHS = 3  # a worker that died this many times in a row soon after starting: /readyz style "failed"
+NO_WORKER_GRACE_S = 60.0  # JOB_BACKEND=redis: "starting" this long after the API started with no worker, then
+# "unavailable"
 
 
 @dataclass
@@ -48,6 +57,8 @@ class WorkerSlot:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float = 0.0  # monotonic time before which no replacement is started (backoff)
+    state: object = None  # multiprocessing.Value("i"): worker.STARTING | READY | FAILED
+    error: object = None  # multiprocessing.Array("c"): the worker's load error
 
 
 class _StyleServiceBase:
@@ -80,6 +91,21 @@ class _StyleServiceBase:
         queued = self.store.count(QUEUED)
         return int(min(3600, max(1, mean * max(1, queued) / max(1, len(self.workers)))))
 
+    _eta_cache: tuple[float, EtaBoard] | None = None
+
+    def eta_workers(self) -> list[tuple[str, str]]:
+        """(worker id, device kind) of the workers that will run the queued jobs."""
+        raise NotImplementedError
+
+    def eta_board(self, fresh: bool = False) -> EtaBoard:
+        """The time estimates now (blocking store reads: call it in a worker thread)."""
+        cached = self._eta_cache
+        if not fresh and cached is not None and time.monotonic() - cached[0] < ETA_CACHE_S:
+            return cached[1]
+        board = EtaBoard(self.store.active_jobs(), self.eta_workers(), self.store.step_times())
+        self._eta_cache = (time.monotonic(), board)
+        return board
+
 
 @dataclass
 class StyleService(_StyleServiceBase):
@@ -96,6 +122,7 @@ class StyleService(_StyleServiceBase):
         self._workers_wanted = False
         self._supervisor: asyncio.Task | None = None
         self._last_cleanup = 0.0
+        self._device_key = device_key(self.device)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,8 +131,7 @@ class StyleService(_StyleServiceBase):
         for job in recovered:
             logger.warning("job %s was running when the server stopped: now %s", job.id, job.status)
         await anyio.to_thread.run_sync(self._cleanup)
-        if await anyio.to_thread.run_sync(self.store.count, QUEUED):
-            self.ensure_workers()
+        self.ensure_workers()  # spawned now; each loads VGG and warms up in its own process, off this loop
         self._supervisor = asyncio.create_task(self._supervise(), name="style-supervisor")
 
     async def stop(self) -> None:
@@ -116,6 +142,9 @@ class StyleService(_StyleServiceBase):
         self._stop.set()
         self._wake.set()
         running = [slot for slot in self._slots if slot.process is not None]
+        for slot in running:
+            if slot.state is not None and slot.state.value == STARTING and slot.process.is_alive():
+                slot.process.terminate()  # still loading or warming up: it holds no job, nothing to hand back
         await anyio.to_thread.run_sync(self._join_all, running)
         for slot in running:
             released = self.store.release(slot.worker_id)  # jobs of a worker that had to be killed
@@ -157,7 +186,9 @@ class StyleService(_StyleServiceBase):
             worker_id=slot.worker_id, data_dir=str(s.data_dir), device=str(self.device),
             vgg_weights=str(s.style_vgg_weights), max_image_pixels=s.max_image_pixels,
             torch_threads=s.torch_threads, log_level=s.log_level, parent_pid=os.getpid())
-        process = self._ctx.Process(target=worker_main, args=(config, self._wake, self._stop),
+        slot.state = self._ctx.Value("i", STARTING, lock=False)
+        slot.error = self._ctx.Array("c", 512, lock=False)
+        process = self._ctx.Process(target=worker_main, args=(config, self._wake, self._stop, slot.state, slot.error),
                                     name=f"style-worker-{slot.index}", daemon=True)
         process.start()
         slot.process, slot.started_at = process, time.monotonic()
@@ -166,7 +197,33 @@ class StyleService(_StyleServiceBase):
     @property
     def workers(self) -> list[dict]:
         return [{"id": slot.worker_id, "pid": slot.process.pid if slot.process else None,
-                 "alive": bool(slot.process and slot.process.is_alive())} for slot in self._slots]
+                 "alive": bool(slot.process and slot.process.is_alive()), "state": self._slot_state(slot)}
+                for slot in self._slots]
+
+    @staticmethod
+    def _slot_state(slot: WorkerSlot) -> str:
+        if slot.process is None or not slot.process.is_alive() or slot.state is None:
+            return "stopped"
+        return {STARTING: "starting", READY: "ready", FAILED: "failed"}.get(slot.state.value, "starting")
+
+    def eta_workers(self) -> list[tuple[str, str]]:
+        # every slot that is (or will be) running; a worker still starting will take the queue's first job
+        return [(slot.worker_id, self._device_key) for slot in self._slots if slot.worker_id]
+
+    def readiness(self) -> tuple[str, str | None]:
+        """/readyz `style`: ready (a worker has VGG loaded and measured), starting, failed or unavailable."""
+        if not self._slots:
+            return "unavailable", "JOB_WORKERS=0: style jobs are queued but no worker runs them"
+        states = [self._slot_state(slot) for slot in self._slots]
+        if "ready" in states:
+            return "ready", None
+        if "failed" in states:
+            slot = self._slots[states.index("failed")]
+            message = slot.error.value.decode("utf-8", "replace") if slot.error is not None else ""
+            return "failed", message or "the style engine could not be loaded"
+        if any(slot.quick_deaths >= FAILING_DEATHS for slot in self._slots):
+            return "failed", "the style worker process keeps dying at start; see the server log"
+        return "starting", "the style worker is loading VGG-19 and measuring the device"
 
     async def _supervise(self) -> None:
         while True:
@@ -222,6 +279,8 @@ class RedisStyleService(_StyleServiceBase):
         self._janitor: asyncio.Task | None = None
         self._last_cleanup = 0.0
         self._store_down = False
+        self._live_workers: list[dict] = []
+        self._started = time.monotonic()
 
     async def start(self) -> None:
         try:
@@ -246,10 +305,29 @@ class RedisStyleService(_StyleServiceBase):
     def workers(self) -> list[dict]:
         return self.store.workers()
 
+    def eta_workers(self) -> list[tuple[str, str]]:
+        """The live workers, each with its device kind (one that did not say is priced as this API's device)."""
+        return [(w["id"], w.get("device") or device_key(self.device)) for w in self.store.workers()]
+
+    def readiness(self) -> tuple[str, str | None]:
+        """/readyz `style` from what the janitor saw last (no Redis call on the probe's path)."""
+        if self._store_down:
+            return "unavailable", "the job store (Redis) cannot be reached"
+        if self._live_workers:
+            return "ready", None
+        if time.monotonic() - self._started < NO_WORKER_GRACE_S:
+            return "starting", "no style worker is connected yet (python -m app.worker)"
+        return "unavailable", "no style worker is connected (start python -m app.worker); jobs wait in the queue"
+
     async def _janitor_loop(self) -> None:
+        first = True
         while True:
-            await asyncio.sleep(JANITOR_EVERY_S)
+            if not first:
+                await asyncio.sleep(JANITOR_EVERY_S)
+            first = False
             try:
+                self._live_workers = await anyio.to_thread.run_sync(self.store.workers)
+                await anyio.to_thread.run_sync(self.store.forget_gone_workers)
                 changed = await anyio.to_thread.run_sync(self.store.recover_dead_workers)
                 for job_id, status in changed:
                     logger.warning("job %s: its worker stopped sending heartbeats; now %s", job_id, status)

@@ -9,6 +9,12 @@ copy of the API process's state). The only shared state is the job store (SQLite
 
 A worker whose parent dies (the server was killed) stops at once without touching its job's row: the next
 server start re-queues it (or fails it after its second interruption).
+
+Every worker measures its device: after loading VGG it times a few tiny runs (the warm-up, well under a second
+on a CPU), and while it runs jobs it times each stretch of evaluations, then folds these into the job store's
+step-time model of its device kind (app.style.jobs.StepTimes), which any API process reads for `eta_s`.
+The embedded worker reports through `state` (STARTING, READY or FAILED, with the error in `error`) when it is
+ready for jobs, for /readyz.
 """
 from __future__ import annotations
 
@@ -24,6 +30,11 @@ WAKE_POLL_S = 0.5  # how often an idle worker looks for work without being woken
 PROGRESS_EVERY_S = 0.2  # progress/losses written at most this often (and always at the first and last step)
 PREVIEW_EVERY_S = 1.0  # a preview PNG at most this often
 PRESET_MAX_PIXELS = 100_000_000  # the shipped paintings are trusted; MAX_IMAGE_PIXELS is for uploads
+TIMING_FLUSH_S = 2.0  # measured step times reach the job store at least this often during a job
+# Warm-up: (longest side, evaluations) per device type, after one throwaway run (first-call allocations, cuDNN's
+# algorithm search); two sizes so the model has a slope from the start. Single-scale (fewer than 4 steps).
+WARMUP_RUNS = {"cpu": ((64, 3), (128, 3)), "cuda": ((256, 3), (768, 3))}
+STARTING, READY, FAILED = 0, 1, 2  # the embedded worker's `state`
 
 logger = logging.getLogger("app.style.worker")
 
@@ -44,7 +55,7 @@ class ParentGone(Exception):
     """The API process died: leave the job for the next server start."""
 
 
-def worker_main(config: WorkerConfig, wake, stop) -> None:
+def worker_main(config: WorkerConfig, wake, stop, state=None, error=None) -> None:
     """Process entry point (must stay importable without side effects: the spawn context pickles it by name)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us cleanly
     app_logger = logging.getLogger("app")
@@ -53,19 +64,21 @@ def worker_main(config: WorkerConfig, wake, stop) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         app_logger.addHandler(handler)
-    Worker(config, wake, stop).serve()
+    Worker(config, wake, stop, state, error).serve()
 
 
 class Worker:
     """The embedded backend's worker process: claims jobs from the SQLite store and runs them."""
 
-    def __init__(self, config: WorkerConfig, wake, stop):
+    def __init__(self, config: WorkerConfig, wake, stop, state=None, error=None):
         from app.style.jobs import SQLiteJobQueue
 
         self.config = config
         self.id = config.worker_id
         self.wake = wake
         self.stop = stop
+        self.state = state  # multiprocessing.Value("i"): STARTING -> READY | FAILED
+        self.error = error  # multiprocessing.Array("c"): the load error, for /readyz
         self.store = SQLiteJobQueue(Path(config.data_dir))
         self.runner = JobRunner(self.store, self.id, config.max_image_pixels, stopping=self.stopping)
 
@@ -77,8 +90,18 @@ class Worker:
             raise ParentGone()
         return self.stop.is_set()
 
+    def _report(self, state: int, message: str = "") -> None:
+        if self.error is not None and message:
+            self.error.value = message.encode("utf-8", "replace")[: len(self.error) - 1]
+        if self.state is not None:
+            self.state.value = state
+
     def serve(self) -> None:
-        self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads)
+        try:
+            self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads)
+        except ParentGone:
+            return
+        self._report(FAILED if self.runner.engine is None else READY, self.runner.load_error or "")
         try:
             while not self.stop.is_set() and self.parent_alive():
                 self.wake.clear()
@@ -105,25 +128,71 @@ class JobRunner:
         self.stopping = stopping
         self.engine = None
         self.load_error: str | None = None
+        self.device_key = "cpu"
 
     def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0) -> None:
+        """Load VGG-19 on the device, then measure it (warm_up). A failure is kept in load_error: every job this
+        worker takes then fails with it."""
         import torch
 
         from app.core.loading import resolve_device
         from app.style.engine import StyleEngine
+        from app.style.jobs import device_key
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         started = time.monotonic()
         try:
             device = resolve_device(device_name)
+            self.device_key = device_key(device)
             self.engine = StyleEngine(vgg_weights, device)
-        except Exception as exc:  # every job this worker takes will fail with this message
+        except Exception as exc:
             self.load_error = f"the style engine could not be loaded: {exc}"
             logger.error("worker %s: %s", self.id, self.load_error)
             return
-        logger.info("worker %s (pid %d) ready on %s in %.1f s", self.id, os.getpid(), device,
-                    time.monotonic() - started)
+        loaded = time.monotonic()
+        self.warm_up()
+        logger.info("worker %s (pid %d) ready on %s in %.1f s (VGG %.1f s, warm-up %.1f s)", self.id, os.getpid(),
+                    device, time.monotonic() - started, loaded - started, time.monotonic() - loaded)
+
+    def warm_up(self) -> None:
+        """A throwaway tiny run, then timed runs at two sizes, recorded as this device's first measurements.
+        Stops early (without recording) when the process is asked to stop; a failure is logged, never fatal."""
+        import numpy as np
+        from PIL import Image
+
+        from app.style.engine import StyleCancelled, StyleParams
+
+        rng = np.random.default_rng(0)
+        content = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), "RGB")
+        style = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+        runs = WARMUP_RUNS["cuda" if self.engine.device.type == "cuda" else "cpu"]
+        samples = []
+        try:
+            self.engine.run(content, [style], StyleParams(size=64, steps=1, seed=0), should_stop=self.stopping)
+            for size, steps in runs:
+                timer = StepTimer(content.size, size)
+                self.engine.run(content, [style], StyleParams(size=size, steps=steps, seed=0),
+                                on_progress=timer.tick, should_stop=self.stopping)
+                samples += timer.take_samples(force=True)
+            self.store.record_step_times(self.device_key, samples)
+        except StyleCancelled:
+            return
+        except Exception:
+            logger.exception("worker %s: warm-up failed (time estimates start from defaults)", self.id)
+            return
+        logger.info("worker %s: %s measured: %s", self.id, self.device_key,
+                    ", ".join(f"{mpx * 1e6:.0f} px {seconds / evals * 1000:.1f} ms/step"
+                              for mpx, evals, seconds in samples))
+
+    def record_times(self, samples, head_s: float | None = None, tail_s: float | None = None) -> None:
+        """Measurements into the store's model; never fails a job (an estimate is not worth a result)."""
+        if not samples and head_s is None and tail_s is None:
+            return
+        try:
+            self.store.record_step_times(self.device_key, samples, head_s, tail_s)
+        except Exception as exc:
+            logger.debug("worker %s: step times not recorded: %s", self.id, exc)
 
     def run(self, job) -> None:
         from app.core.errors import APIError
@@ -136,11 +205,20 @@ class JobRunner:
                 self.store.fail(job.id, self.load_error or "the style engine is not available", self.id)
                 return
             content, styles, params = self.inputs(job)
-            progress = _Progress(self, job.id)
-            image = self.engine.run(content, styles, params, on_progress=progress, should_stop=progress.should_stop)
-            done = self.store.finish(job.id, png_bytes(image), progress.last_losses, self.id)
+            timer = StepTimer(content.size, params.output_size(self.engine.device), started)
+            progress = _Progress(self, job.id, timer)
+            done = False
+            try:
+                image = self.engine.run(content, styles, params, on_progress=progress,
+                                        should_stop=progress.should_stop)
+                done = self.store.finish(job.id, png_bytes(image), progress.last_losses, self.id)
+            finally:  # what was measured counts, whatever the outcome; the fixed costs only of a whole run
+                ended = time.monotonic()
+                whole = done and timer.last_t is not None
+                self.record_times(timer.take_samples(force=True), timer.head_excluding_evals() if whole else None,
+                                  ended - timer.last_t if whole else None)
             logger.info("worker %s: job %s %s in %.1f s", self.id, job.id, "succeeded" if done else "was cancelled",
-                        time.monotonic() - started)
+                        ended - started)
         except StyleCancelled:
             if self.stopping() and not self.store.should_stop(job.id, self.id):
                 self.store.release(self.id, job.id)  # shutdown, not a cancel: run it again later
@@ -194,9 +272,10 @@ class JobRunner:
 class _Progress:
     """on_progress / should_stop for one run: throttled writes to the store, cancellation checks."""
 
-    def __init__(self, runner: JobRunner, job_id: str):
+    def __init__(self, runner: JobRunner, job_id: str, timer: "StepTimer | None" = None):
         self.runner = runner
         self.job_id = job_id
+        self.timer = timer
         self.last_write = 0.0
         self.last_preview = 0.0
         self.last_losses: dict | None = None
@@ -216,6 +295,10 @@ class _Progress:
         from app.style.engine import StyleCancelled
         from app.style.jobs import JobStoreUnavailable
 
+        if self.timer is not None:
+            self.timer.tick(info)
+            if self.timer.due():
+                self.runner.record_times(self.timer.take_samples())
         self.last_losses = {k: round(float(v), 6) for k, v in info.losses.items()}
         t = time.monotonic()
         first_or_last = info.step <= 1 or info.step >= info.total
@@ -233,6 +316,73 @@ class _Progress:
             return  # this progress is lost; the job goes on
         if not still_ours:
             raise StyleCancelled("the job was cancelled")
+
+
+class StepTimer:
+    """Times a run's evaluations from its progress callbacks: the gaps between two callbacks of one scale are
+    evaluations (with what the worker does between them: progress writes, previews), grouped into samples
+    (megapixels, evaluations, seconds); the gaps before each scale's first callback are the run's fixed cost."""
+
+    def __init__(self, content_size: tuple[int, int], size: int, started: float | None = None):
+        from app.style.engine import fit_size
+
+        self.out = fit_size(*content_size, size)
+        self.started = time.monotonic() if started is None else started
+        self.last_t: float | None = None
+        self.stage: int | None = None
+        self.gaps = 0.0  # start -> first callback, and every scale change: fixed costs plus one evaluation each
+        self.gap_mpx: list[float] = []
+        self.per_stage: dict[float, list[float]] = {}  # mpx -> [evaluations, seconds] over the whole run
+        self.chunk: list = [0.0, 0, 0.0]  # the stretch not yet taken: mpx, evaluations, seconds
+        self.chunk_since = self.started
+        self.samples: list[tuple[float, int, float]] = []
+
+    def _mpx(self, scale_px: int) -> float:
+        from app.style.engine import fit_size
+
+        w, h = fit_size(*self.out, scale_px) if scale_px else self.out
+        return w * h / 1e6
+
+    def tick(self, info) -> None:
+        t = time.monotonic()
+        mpx = self._mpx(info.scale_px)
+        if self.last_t is None or info.stage != self.stage:
+            self.gaps += t - (self.started if self.last_t is None else self.last_t)
+            self.gap_mpx.append(mpx)
+            self._close_chunk()
+            self.chunk, self.chunk_since = [mpx, 0, 0.0], t
+        else:
+            dt = t - self.last_t
+            self.chunk[1] += 1
+            self.chunk[2] += dt
+            stats = self.per_stage.setdefault(mpx, [0, 0.0])
+            stats[0] += 1
+            stats[1] += dt
+        self.last_t, self.stage = t, info.stage
+
+    def _close_chunk(self) -> None:
+        if self.chunk[1] > 0:
+            self.samples.append((self.chunk[0], self.chunk[1], self.chunk[2]))
+        self.chunk = [self.chunk[0], 0, 0.0]
+
+    def due(self) -> bool:
+        return time.monotonic() - self.chunk_since >= TIMING_FLUSH_S and (self.chunk[1] > 0 or bool(self.samples))
+
+    def take_samples(self, force: bool = False) -> list[tuple[float, int, float]]:
+        if force or self.due():
+            self._close_chunk()
+            self.chunk_since = time.monotonic()
+        samples, self.samples = self.samples, []
+        return samples
+
+    def head_excluding_evals(self) -> float:
+        """The fixed cost of the run: its gaps less the one evaluation inside each (priced at this run's own
+        measured rate for that scale)."""
+        evals = 0.0
+        for mpx in self.gap_mpx:
+            n, seconds = self.per_stage.get(mpx, (0, 0.0))
+            evals += seconds / n if n else 0.0
+        return max(0.0, self.gaps - evals)
 
 
 def png_bytes(image) -> bytes:

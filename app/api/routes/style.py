@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import secrets
 import sqlite3
 import time
+import types
+import typing
+from contextlib import suppress
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -29,6 +33,7 @@ from app.style import jobs as J
 from app.style.engine import MAX_STYLES, StyleParams
 from app.style.service import AnyStyleService
 
+logger = logging.getLogger("app.style")
 PREFIX = "/v1/style"
 MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
 SSE_POLL_S = 0.2  # how often an event stream looks at its job
@@ -69,6 +74,37 @@ class StyleJob(BaseModel):
     result_url: str | None = Field(description="the PNG, once succeeded")
     preview_url: str | None = Field(description="the latest intermediate PNG, once there is one")
     events_url: str
+    eta_s: float | None = Field(None, description="seconds until this job finishes, while queued or running: the "
+                                "remaining work of the jobs ahead of it plus its own, priced with the step times "
+                                "measured on the device that runs it; null once finished (or when no worker runs "
+                                "jobs)")
+
+
+class StyleEstimate(BaseModel):
+    eta_s: float = Field(description="seconds until a job with these options, submitted now, would finish")
+    queued_ahead: int = Field(description="jobs queued before it")
+    seconds_per_step: float = Field(description="mean seconds per step (loss evaluation) of its run")
+    wait_s: float = Field(description="seconds before a worker is free for it")
+    run_s: float = Field(description="seconds of its own run (steps and fixed costs)")
+    workers: int = Field(description="workers taking jobs (0: none; the estimate then assumes one)")
+    device: str = Field(description="the device kind whose measured step times price the run")
+    measured: bool = Field(description="false until that device measured anything (built-in figures then)")
+
+
+class StyleOptions(BaseModel):
+    defaults: dict[str, Any] = Field(description="the value a job gets for each form field it leaves out (null: "
+                                     "chosen per job, e.g. a random seed, equal blend weights, the engine's layers)")
+    limits: dict[str, dict[str, Any]] = Field(description="bounds of each form field: numbers have `min` and `max` "
+                                              "(null: unbounded; `exclusive_min`/`exclusive_max` true when the "
+                                              "bound itself is refused), lists `min_items`/`max_items`, fields "
+                                              "with a fixed set of values `choices`")
+    types: dict[str, str] = Field(description="integer, number, boolean, string or array (of numbers or names)")
+    descriptions: dict[str, str]
+    presets: list[str] = Field(description="the names style_preset accepts")
+    max_styles: int = Field(description="most style images (uploads and presets) in one job")
+    max_upload_bytes: int = Field(description="largest request body (MAX_UPLOAD_BYTES)")
+    max_upload_mb: float = Field(description="the same in MiB (the page's 'MB')")
+    max_image_pixels: int = Field(description="largest image, width x height (MAX_IMAGE_PIXELS)")
 
 
 class StyleJobList(BaseModel):
@@ -140,7 +176,7 @@ def _base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/") + PREFIX
 
 
-def job_view(job: J.Job, base: str) -> dict:
+def job_view(job: J.Job, base: str, board: J.EtaBoard | None = None) -> dict:
     url = f"{base}/jobs/{job.id}"
     failed = job.status == J.FAILED
     return {
@@ -153,7 +189,19 @@ def job_view(job: J.Job, base: str) -> dict:
         "result_url": f"{url}/result" if job.status == J.SUCCEEDED else None,
         "preview_url": f"{url}/preview" if job.has_preview or job.status == J.SUCCEEDED else None,
         "events_url": f"{url}/events",
+        "eta_s": board.for_job(job) if board is not None else None,
     }
+
+
+async def _board(service: AnyStyleService, fresh: bool = False) -> J.EtaBoard | None:
+    """The time estimates now; None (every eta_s null) when they cannot be computed, so a job can always be read."""
+    try:
+        return await anyio.to_thread.run_sync(service.eta_board, fresh)
+    except J.JobStoreUnavailable:
+        raise
+    except Exception:
+        logger.exception("time estimates unavailable")
+        return None
 
 
 async def _store(service: AnyStyleService, method: str, *args):
@@ -207,25 +255,25 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
     if queued >= settings.max_queued_jobs:
         raise _queue_full(service, queued, settings.max_queued_jobs)
 
-    async def check(field: str, data: bytes) -> str:
+    async def check(field: str, data: bytes) -> tuple[str, tuple[int, int]]:
         try:
             img = await anyio.to_thread.run_sync(open_image, data, settings.max_image_pixels, limiter=limiter)
         except APIError as exc:
             raise APIError(f"{field}: {exc.detail}", exc.status_code, exc.headers) from None
-        return (img.format or "img").lower()
+        return (img.format or "img").lower(), img.size
 
-    content_ext = await check("content", content[1])
+    content_ext, content_size = await check("content", content[1])
     stored_styles = []
     for index, style in enumerate(styles):
         if "data" in style:
-            ext = await check(f"style[{index}]" if len(styles) > 1 else "style", style["data"])
+            ext, _ = await check(f"style[{index}]" if len(styles) > 1 else "style", style["data"])
             stored_styles.append({"file": f"style_{index}.{ext}", "data": style["data"]})
         else:
             stored_styles.append(style)
     try:
         job = await anyio.to_thread.run_sync(
             lambda: service.store.submit(params, params["steps"], (f"content.{content_ext}", content[1]),
-                                         stored_styles, settings.max_queued_jobs))
+                                         stored_styles, settings.max_queued_jobs, content_size=content_size))
     except J.QueueFull as exc:
         raise _queue_full(service, exc.queued, exc.limit) from None
     except (OSError, sqlite3.OperationalError) as exc:
@@ -234,7 +282,7 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
         raise APIError("no space left on the server's data volume (DATA_DIR) to store this job; finished jobs "
                        "are deleted after RESULT_TTL, retry later", 507, {"Retry-After": "60"}) from None
     service.notify()
-    body = job_view(job, _base(request))
+    body = job_view(job, _base(request), await _board(service, fresh=True))
     return JSONResponse(body, status_code=202, headers={"Location": f"{_base(request)}/jobs/{job.id}"})
 
 
@@ -332,13 +380,15 @@ async def list_jobs(request: Request, service: ServiceDep,
     jobs, total = await _store(service, "list", limit, offset)
     base = _base(request)
     following = offset + len(jobs)
-    return {"jobs": [job_view(job, base) for job in jobs], "total": total, "limit": limit, "offset": offset,
+    board = await _board(service) if any(not job.finished for job in jobs) else None
+    return {"jobs": [job_view(job, base, board) for job in jobs], "total": total, "limit": limit, "offset": offset,
             "next": f"{base}/jobs?limit={limit}&offset={following}" if following < total else None}
 
 
 @router.get("/jobs/{job_id}", response_model=StyleJob, summary="One style job", responses=_errors(404, 503))
 async def get_job(job_id: str, request: Request, service: ServiceDep) -> dict:
-    return job_view(await _job_or_404(service, job_id), _base(request))
+    job = await _job_or_404(service, job_id)
+    return job_view(job, _base(request), None if job.finished else await _board(service))
 
 
 async def _read_file(service: AnyStyleService, job_id: str, name: str) -> bytes | None:
@@ -395,7 +445,7 @@ def _sse(event: str, data: dict) -> str:
 @router.get("/jobs/{job_id}/events", summary="Server-sent events: progress and status changes",
             response_class=StreamingResponse,
             description="`event: status` (data: the job JSON) at the start and at every status change, "
-                        "`event: progress` (data: {id, step, total, fraction, losses, preview_url}) as steps "
+                        "`event: progress` (data: {id, step, total, fraction, losses, preview_url, eta_s}) as steps "
                         "complete, a `: keep-alive` comment every 15 s; the stream ends after the final status.",
             responses={200: {"content": {"text/event-stream": {}}}, **_errors(404, 503)})
 async def job_events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
@@ -412,14 +462,20 @@ async def job_events(job_id: str, request: Request, service: ServiceDep) -> Stre
                 yield _sse("status", {"id": job_id, "status": "deleted"})
                 return
             chunks = []
-            if job.step > 0 and job.step != sent_step:
+            progressed = job.step > 0 and job.step != sent_step
+            moved = (job.status, job.queue_position) != sent_status
+            board = None
+            if (progressed or moved) and not job.finished:
+                with suppress(J.JobStoreUnavailable):  # the estimate is dropped, not the stream
+                    board = await _board(service)
+            if progressed:
                 sent_step = job.step
-                view = job_view(job, base)
+                view = job_view(job, base, board)
                 chunks.append(_sse("progress", {"id": job.id, **view["progress"], "losses": job.losses,
-                                                "preview_url": view["preview_url"]}))
-            if (job.status, job.queue_position) != sent_status:
+                                                "preview_url": view["preview_url"], "eta_s": view["eta_s"]}))
+            if moved:
                 sent_status = (job.status, job.queue_position)
-                chunks.append(_sse("status", job_view(job, base)))
+                chunks.append(_sse("status", job_view(job, base, board)))
             if chunks:
                 last_sent = time.monotonic()
                 yield "".join(chunks)
@@ -483,3 +539,98 @@ async def preset_image(name: str) -> Response:
     data = await anyio.to_thread.run_sync(path.read_bytes)
     kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
     return Response(data, media_type=kind, headers={"Cache-Control": "public, max-age=86400"})
+
+
+# --------------------------------------------------------------------------------------------- estimate / options
+
+@router.get("/estimate", response_model=StyleEstimate, summary="How long a job would take if submitted now",
+            description="Priced like `eta_s`: the queue ahead (running jobs' remaining work and the queued jobs, on "
+                        "as many workers as there are) plus this job's own run, from the step times measured on the "
+                        "device (per megapixel-step plus fixed costs, updated by every job). `width` and `height` "
+                        "of the photo (any unit, only the aspect ratio counts) price a non-square output; without "
+                        "them the output is priced square, the most pixels `size` can have.",
+            responses=_errors(422, 503))
+async def estimate(service: ServiceDep,
+                   size: Annotated[int | None, Query(description="longest side of the output in px; default: the "
+                                                     "API's default size")] = None,
+                   steps: Annotated[int | None, Query(description="steps; default: the API's default")] = None,
+                   style_count: Annotated[int, Query(ge=1, le=MAX_STYLES, description="style images")] = 1,
+                   width: Annotated[int | None, Query(ge=1, le=1_000_000, description="photo width")] = None,
+                   height: Annotated[int | None, Query(ge=1, le=1_000_000, description="photo height")] = None
+                   ) -> dict:
+    options = {k: v for k, v in (("size", size), ("steps", steps)) if v is not None}
+    try:
+        params = StyleParams.model_validate(options)  # the submit form's own bounds and defaults
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
+    if (width is None) != (height is None):
+        raise _invalid("width" if width is None else "height", "give both width and height, or neither",
+                       "missing")
+    board = await _board(service, fresh=True)
+    if board is None:
+        raise ServiceUnavailable("the time estimate cannot be computed right now; retry shortly",
+                                 headers={"Retry-After": "2"})
+    content_size = (width, height) if width and height else None
+    return board.estimate(params.size or service.default_size, params.steps, content_size, style_count)
+
+
+FORM_OPTIONS = (*OPTION_FIELDS, *LIST_FIELDS)  # every option field of the submit form
+
+
+def _option_type(annotation: Any) -> tuple[str, list | None]:
+    """(JSON type, choices) of a StyleParams field's annotation (Optional stripped)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    inner = args[0] if len(args) == 1 else annotation
+    if typing.get_origin(inner) is Literal:
+        return "string", list(typing.get_args(inner))
+    if inner is bool:
+        return "boolean", [False, True]
+    if inner is int:
+        return "integer", None
+    if inner is float:
+        return "number", None
+    if typing.get_origin(inner) is list:
+        item = (typing.get_args(inner) or (str,))[0]
+        return ("array of numbers" if item in (int, float) else "array of names"), None
+    return "string", None
+
+
+def _option_limits(field) -> dict:
+    limits: dict[str, Any] = {}
+    for meta in field.metadata:
+        for attr, key, extra in (("ge", "min", None), ("gt", "min", "exclusive_min"), ("le", "max", None),
+                                 ("lt", "max", "exclusive_max"), ("min_length", "min_items", None),
+                                 ("max_length", "max_items", None)):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                limits[key] = value
+                if extra:
+                    limits[extra] = True
+    return limits
+
+
+@router.get("/options", response_model=StyleOptions,
+            summary="Every job option's default and bounds (what a form should offer)",
+            description="Read from the engine's option model and this server's settings, so a client never "
+                        "writes them twice: `defaults[name]` and `limits[name].min/.max` (or `.choices`) for each "
+                        "form field of POST /v1/style/jobs; the default size is this device's (or "
+                        "STYLE_DEFAULT_SIZE).")
+async def options(settings: SettingsDep, service: ServiceDep) -> dict:
+    defaults, limits, types, descriptions = {}, {}, {}, {}
+    for name in FORM_OPTIONS:
+        field = StyleParams.model_fields[name]
+        kind, choices = _option_type(field.annotation)
+        defaults[name] = field.get_default(call_default_factory=True)
+        limits[name] = {**_option_limits(field), **({"choices": choices} if choices else {})}
+        if kind in ("integer", "number"):
+            limits[name].setdefault("min", None)
+            limits[name].setdefault("max", None)
+        types[name] = kind
+        descriptions[name] = field.description or ""
+    defaults["size"] = service.default_size
+    return {"defaults": defaults, "limits": limits, "types": types, "descriptions": descriptions,
+            "presets": _preset_names(), "max_styles": MAX_STYLES, "max_upload_bytes": settings.max_upload_bytes,
+            "max_upload_mb": round(settings.max_upload_bytes / 2**20, 2),
+            "max_image_pixels": settings.max_image_pixels}
