@@ -41,8 +41,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     style_service = None
     try:
         if settings.style_jobs_enabled:
-            # Style jobs run in worker processes: this server's own (embedded, spawned when the first job is
-            # queued) or `python -m app.worker` on other hosts (JOB_BACKEND=redis); see app/style/service.py.
+            # Style jobs run in worker processes: this server's own (embedded, spawned here and loading VGG in the
+            # background, so the first job does not wait) or `python -m app.worker` on other hosts
+            # (JOB_BACKEND=redis); see app/style/service.py.
             style_service = make_style_service(settings, registry.device)
             await style_service.start()
             app.state.style_service = style_service
