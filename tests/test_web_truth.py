@@ -324,20 +324,21 @@ def test_estimate_before_a_long_job_and_eta_while_it_runs(browser, server, photo
     opts = style_options(server)
     with open_page(browser, server) as page:
         estimate = page.locator("#style-estimate")
+        page.wait_for_selector("#style-form[data-options=api]")
         page.locator("#style-size").fill(str(opts["limits"]["size"]["max"]))
-        page.locator("#style-steps").fill(str(opts["limits"]["steps"]["max"]))
+        with page.expect_response(lambda r: "/v1/style/estimate?" in r.url and "steps=" in r.url
+                                  and f"steps={opts['limits']['steps']['max']}" in r.url) as answer:
+            page.locator("#style-steps").fill(str(opts["limits"]["steps"]["max"]))
+        api = answer.value.json()  # what the server said, against what the page shows
+        assert f"size={opts['limits']['size']['max']}" in answer.value.url
         page.wait_for_function("+document.querySelector('#style-estimate').dataset.eta > 60")
-        eta = float(estimate.get_attribute("data-eta"))
-        api = httpx.get(f"{server.url}/v1/style/estimate", params={"size": opts["limits"]["size"]["max"],
-                                                                 "steps": opts["limits"]["steps"]["max"]}).json()
-        assert eta == pytest.approx(api["eta_s"], rel=0.5)
+        assert float(estimate.get_attribute("data-eta")) == api["eta_s"]
         assert re.fullmatch(r"This job will take about \d+ (min|h( \d+ min)?)(, \d+ jobs? ahead of it)?\. "
                             r"Fewer steps or a smaller size are quicker\.", estimate.inner_text()), estimate.inner_text()
         shot(page.locator("#style-form"), "estimate-long-job")
-        # a small job: a short estimate, not the warning
+        # a smaller job: a shorter estimate
         page.locator("#style-size").fill(str(opts["limits"]["size"]["min"]))
-        page.locator("#style-steps").fill("2000")
-        page.wait_for_function(f"+document.querySelector('#style-estimate').dataset.eta < {eta}")
+        page.wait_for_function(f"+document.querySelector('#style-estimate').dataset.eta < {api['eta_s']}")
 
         submit_style(page, photo, size=opts["limits"]["size"]["min"], steps=2000)
         page.wait_for_function("document.querySelector('#style-job').dataset.status === 'running'"
@@ -360,9 +361,10 @@ def test_style_form_defaults_and_bounds_come_from_the_api(browser, server):
         for name, selector in (("size", "#style-size"), ("steps", "#style-steps"), ("style_weight", "#style-weight")):
             box = page.locator(selector)
             assert float(box.input_value()) == pytest.approx(opts["defaults"][name]), name
-            if name in opts["limits"]:
-                assert float(box.get_attribute("min")) == opts["limits"][name]["min"]
-                assert float(box.get_attribute("max")) == opts["limits"][name]["max"]
+            for bound in ("min", "max"):  # an open bound (null) is no attribute
+                value = opts["limits"].get(name, {}).get(bound)
+                shown = box.get_attribute(bound)
+                assert (float(shown) if shown is not None else None) == value, (name, bound)
         assert page.locator("#style-preserve").is_checked() == bool(opts["defaults"].get("preserve_color", False))
         assert page.locator("#style-upload-limit").inner_text() == f"Up to {opts['max_upload_mb']:g} MB."
 
@@ -388,7 +390,7 @@ def test_low_confidence_answers_read_not_sure(browser, server, tmp_path):
     assert unsure and sure, "no photo on each side of the threshold among 300"
     _, t_sentiment = threshold_of(models, "sentiment")
     sst = np.load(REPO_ROOT / "data" / "heldout" / "sst2-dev.npz", allow_pickle=True)
-    texts = ["ok", "!!!", "it is a film", "the movie", "fine i guess", "so-so", *[str(t) for t in sst[sst.files[0]][:200]]]
+    texts = ["ok", "!!!", "it is a film", "the movie", "fine i guess", "so-so", *[str(t) for t in sst[sst.files[0]][:58]]]
     with httpx.Client(base_url=server.url, timeout=10) as http:
         results = http.post("/v1/sentiment/predict", json={"texts": texts}).json()["results"]
     unsure_text = next((t for t, r in zip(texts, results) if r["score"] < t_sentiment and "\n" not in t), None)

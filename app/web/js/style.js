@@ -143,8 +143,9 @@ export function initStyle() {
     const fields = numberFields();
     if (invalidField() || !fields.size || !fields.steps) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; return; }
     try {
-      const body = await api(`/v1/style/estimate?${new URLSearchParams({ size: fields.size, steps: fields.steps })}`,
-        { timeoutMs: PROBE_TIMEOUT_MS });
+      const query = new URLSearchParams({ size: fields.size, steps: fields.steps });
+      if (contentDims) { query.set("width", contentDims[0]); query.set("height", contentDims[1]); } // its aspect
+      const body = await api(`/v1/style/estimate?${query}`, { timeoutMs: PROBE_TIMEOUT_MS });
       if (mine !== estimateSeq) return;
       const eta = body?.eta_s;
       if (typeof eta !== "number" || !Number.isFinite(eta)) { estimateEl.textContent = ""; return; }
@@ -162,8 +163,18 @@ export function initStyle() {
 
   // ---- inputs: any change is a new action, so the last error goes
   form.addEventListener("input", () => { showError("style-error", null); estimateSoon(); });
+  let contentDims = null; // [width, height] of the chosen photo: a wide photo has fewer pixels at the same size
   content.addEventListener("change", () => {
     const file = content.files[0];
+    contentDims = null;
+    if (file) {
+      createImageBitmap(file).then((bitmap) => {
+        if (content.files[0] !== file) return;
+        contentDims = [bitmap.width, bitmap.height];
+        bitmap.close();
+        estimate();
+      }).catch(() => { /* not an image: the server will say so */ });
+    }
     if (contentThumb.src.startsWith("blob:")) URL.revokeObjectURL(contentThumb.src);
     if (file) { contentThumb.src = URL.createObjectURL(file); contentThumb.hidden = false; } else contentThumb.hidden = true;
     showError("style-error", null);
@@ -276,6 +287,10 @@ export function initStyle() {
       progress: { step: p.step, total: p.total, fraction: p.fraction } };
     progress.value = p.fraction;
     status.textContent = describe(c.last);
+    if (Date.now() - (c.rememberedAt ?? 0) > 2000) { // the history's percentage too, now and then
+      c.rememberedAt = Date.now();
+      remember({ id: c.id, ...c.last });
+    }
     if (typeof p.eta_s === "number") panel.dataset.eta = String(p.eta_s); else delete panel.dataset.eta;
     showPreview(p.preview_url);
   }
@@ -405,6 +420,7 @@ export function initStyle() {
       remember(job, { label: `${file.name} × ${label}` });
       follow(job);
       onStatus(job);
+      estimate(); // the next job would queue behind this one
     } catch (err) {
       const both = Boolean(upload.files[0]);
       showError("style-error", err, { what: /^style/.test(err.detail ?? "") ? "painting" : "photo", limits,
