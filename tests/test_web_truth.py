@@ -233,6 +233,8 @@ def test_errors_are_sentences_with_the_api_detail_and_clear_on_the_next_action(b
         style_alert = page.locator("#style-error .message")
         style_alert.wait_for()
         assert style_alert.inner_text() == f"Size must be between {limits['min']} and {limits['max']} px."
+        assert page.locator("#style-size").get_attribute("aria-invalid") == "true"
+        assert page.locator("#style-estimate").inner_text() == ""  # no estimate for a job that cannot run
         shot(page.locator("#style"), "error-style-size")
         # next action: correcting the size clears the error at once, and the job then succeeds with none shown
         page.locator("#style-size").fill(str(limits["min"]))
@@ -402,7 +404,7 @@ def test_low_confidence_answers_read_not_sure(browser, server, tmp_path):
         page.wait_for_function("document.querySelector('#object-result').dataset.confidence !== undefined")
         label, score = unsure[1]["label"], unsure[1]["score"]
         article = "an" if label[0] in "aeiou" else "a"
-        assert result.inner_text() == f"Not sure: maybe {article} {label} ({round(score * 100)} %)"
+        assert result.inner_text() == f"Not sure: maybe {article} {label} ({int(score * 100)} %)"  # rounded down
         assert result.get_attribute("data-confidence") == "low"
         shot(page.locator("#objects"), "not-sure-objects")
         page.set_input_files("#object-file", str(sure[0]))

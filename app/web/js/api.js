@@ -43,6 +43,8 @@ export const $ = (id) => document.getElementById(id);
 
 export const percent = (x) => `${(x * 100).toFixed(1)} %`;
 export const wholePercent = (x) => `${Math.round(x * 100)} %`;
+/** Rounded down: a score under a threshold of 83 % never reads "83 %" (82.7 % -> "82 %"). */
+export const floorPercent = (x) => `${Math.floor(x * 100 + 1e-9)} %`;
 
 const MB = 1024 * 1024; // the server's limit is in MiB (MAX_UPLOAD_BYTES 10485760 = 10 MB)
 /** 15204352 -> "14.5 MB"; 10485760 -> "10 MB". */
@@ -270,7 +272,7 @@ export function renderVerdict(el, { label, score, labelId, task, threshold, sure
   if (unsure) {
     const article = withArticle(label, task).slice(0, -label.length);
     el.replaceChildren(Object.assign(document.createElement("span"), { className: "unsure", textContent: "Not sure:" }),
-      ` maybe ${article}`, strong, ` (${wholePercent(score)})${suffix}`);
+      ` maybe ${article}`, strong, ` (${floorPercent(score)})${suffix}`);
     el.dataset.confidence = "low";
   } else {
     el.replaceChildren(...sure(strong));

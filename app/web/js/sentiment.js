@@ -1,4 +1,4 @@
-import { $, api, debounce, lowConfidenceBelow, percent, renderVerdict, showError, wholePercent } from "./api.js";
+import { $, api, debounce, lowConfidenceBelow, percent, renderVerdict, showError, floorPercent } from "./api.js";
 
 function verdict(label) {
   return Object.assign(document.createElement("strong"), { className: label, textContent: label });
@@ -58,7 +58,7 @@ export function initSentiment() {
         if (threshold !== null && r.score < threshold) {
           li.dataset.confidence = "low";
           li.append(Object.assign(document.createElement("span"), { className: "unsure", textContent: "Not sure:" }),
-            " maybe ", verdict(r.label), ` ${wholePercent(r.score)}: `, texts[i]);
+            " maybe ", verdict(r.label), ` ${floorPercent(r.score)}: `, texts[i]);
         } else {
           li.dataset.confidence = "high";
           li.append(verdict(r.label), ` ${percent(r.score)}: `, texts[i]);

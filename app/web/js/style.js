@@ -141,12 +141,18 @@ export function initStyle() {
   async function estimate() {
     const mine = ++estimateSeq;
     const fields = numberFields();
-    if (invalidField() || !fields.size || !fields.steps) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; return; }
+    if (invalidField() || !fields.size || !fields.steps) {
+      estimateEl.textContent = "";
+      delete estimateEl.dataset.eta;
+      estimateEl.classList.remove("stale");
+      return;
+    }
     try {
       const query = new URLSearchParams({ size: fields.size, steps: fields.steps });
       if (contentDims) { query.set("width", contentDims[0]); query.set("height", contentDims[1]); } // its aspect
       const body = await api(`/v1/style/estimate?${query}`, { timeoutMs: PROBE_TIMEOUT_MS });
       if (mine !== estimateSeq) return;
+      estimateEl.classList.remove("stale");
       const eta = body?.eta_s;
       if (typeof eta !== "number" || !Number.isFinite(eta)) { estimateEl.textContent = ""; return; }
       const ahead = body.queued_ahead > 0 ? `, ${body.queued_ahead} job${body.queued_ahead > 1 ? "s" : ""} ahead of it` : "";
@@ -156,13 +162,19 @@ export function initStyle() {
         ? `This job will take ${duration(eta)}${ahead}. Fewer steps or a smaller size are quicker.`
         : `This job will take ${duration(eta)}${ahead}.`;
     } catch {
-      if (mine === estimateSeq) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; } // no estimate: say nothing
+      if (mine === estimateSeq) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; estimateEl.classList.remove("stale"); }
     }
   }
   const estimateSoon = debounce(estimate, 300);
 
   // ---- inputs: any change is a new action, so the last error goes
-  form.addEventListener("input", () => { showError("style-error", null); estimateSoon(); });
+  form.addEventListener("input", () => {
+    showError("style-error", null);
+    for (const el of form.querySelectorAll("[aria-invalid=true]")) el.removeAttribute("aria-invalid");
+    if (invalidField()) { estimateSeq++; estimateEl.textContent = ""; delete estimateEl.dataset.eta; } // at once
+    else estimateEl.classList.add("stale"); // until the new estimate is in
+    estimateSoon();
+  });
   let contentDims = null; // [width, height] of the chosen photo: a wide photo has fewer pixels at the same size
   content.addEventListener("change", () => {
     const file = content.files[0];
@@ -402,7 +414,7 @@ export function initStyle() {
     const file = content.files[0];
     if (!file) { showError("style-error", "Choose a content photo first."); content.focus(); return; }
     const bad = invalidField();
-    if (bad) { showError("style-error", bad.text); bad.input?.focus(); return; }
+    if (bad) { showError("style-error", bad.text); bad.input?.setAttribute("aria-invalid", "true"); bad.input?.focus(); return; }
     const data = new FormData();
     data.append("content", file, file.name);
     const preset = presets.querySelector("input:checked");
