@@ -196,3 +196,31 @@ def test_concurrent_claims_never_share_a_job(tmp_path):
         t.join(timeout=30)
     everything = [i for part in claimed for i in part]
     assert len(everything) == len(set(everything)) == 40 and set(everything) == ids
+
+
+def test_active_jobs_and_step_times_shared_by_every_process(store, tmp_path):
+    a, b, c = submit(store), submit(store), submit(store)
+    store.claim("w1")
+    active = store.active_jobs()
+    assert [(j.id, j.status, j.queue_position) for j in active] == \
+        [(a.id, J.RUNNING, None), (b.id, J.QUEUED, 1), (c.id, J.QUEUED, 2)]
+    job = store.submit(PARAMS, 3, ("content.png", b"x"), [{"preset": "udnie"}], 100, content_size=(400, 300))
+    assert store.get(job.id).inputs["content_size"] == [400, 300]
+
+    # workers (threads here, each with its own connection) fold samples in at once: none is lost
+    other = SQLiteJobQueue(tmp_path)
+
+    def record(queue):
+        for _ in range(25):
+            queue.record_step_times("cpu", [(0.01, 4, 0.2), (0.05, 4, 0.6)])
+
+    threads = [threading.Thread(target=record, args=(queue,)) for queue in (store, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.record_step_times("cpu", [], head_s=0.3, tail_s=0.1)
+    model = other.step_times()["cpu"]
+    assert model.evals == 2 * 25 * 8 and model.jobs == 1 and model.head == 0.3 and model.tail == 0.1
+    assert model.per_eval(0.01) == pytest.approx(0.05) and model.per_eval(0.05) == pytest.approx(0.15)
+    other.close()

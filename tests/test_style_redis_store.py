@@ -250,3 +250,37 @@ def test_a_full_redis_refuses_a_job_cleanly(store, sent):
         store.client.config_set("maxmemory", 0)
     assert sent == [] and store.list(10, 0) == ([], 0)
     assert submit(store).status == J.QUEUED  # room again: accepted
+
+
+def test_active_jobs_worker_devices_and_shared_step_times(store, redis_server):
+    import threading
+
+    a, b = submit(store), submit(store)
+    store.claim_job(a.id, "w1")
+    assert [(j.id, j.status) for j in store.active_jobs()] == [(a.id, J.RUNNING), (b.id, J.QUEUED)]
+    store.client.set(f"{store.ns}:worker:w1", a.id)  # alive, without the 1 s heartbeat TTL of these tests
+    store.register_worker("w1", "cpu")
+    store.register_worker("w-gone", "cuda:Some GPU")
+    assert [(w["id"], w["device"]) for w in store.workers()] == [("w1", "cpu")]
+    assert store.forget_gone_workers() == 1
+    assert store.client.hkeys(f"{store.ns}:worker_devices") == [b"w1"]
+    job = store.submit({"size": 32, "steps": 5}, 5, ("content.png", b"c"), [{"preset": "udnie"}], 10,
+                       content_size=(640, 480))
+    assert store.get(job.id).inputs["content_size"] == [640, 480]
+
+    # two replicas' workers updating one device's model at once (optimistic transactions): nothing is lost
+    other = RedisJobQueue(connect(redis_server.url), lambda job_id: None, namespace=store.ns)
+
+    def record(queue):
+        for _ in range(25):
+            queue.record_step_times("cpu", [(0.01, 4, 0.2), (0.05, 4, 0.6)])
+
+    threads = [threading.Thread(target=record, args=(queue,)) for queue in (store, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    model = other.step_times()["cpu"]
+    assert model.evals == 2 * 25 * 8
+    assert model.per_eval(0.01) == pytest.approx(0.05) and model.per_eval(0.05) == pytest.approx(0.15)
+    other.close()
