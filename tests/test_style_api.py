@@ -271,3 +271,64 @@ def test_bad_images_and_bodies(client):
 def test_unknown_job_is_404(client, method, suffix):
     response = getattr(client, method)(f"/v1/style/jobs/AAAAAAAAAAAAAAAAAAAAAA{suffix}")
     assert response.status_code == 404 and "no style job" in response.json()["detail"]
+
+
+# --------------------------------------------------------------------------------------------- options, readiness
+
+def test_options_are_the_engine_s_defaults_and_bounds(client):
+    from app.style.engine import StyleParams
+
+    body = client.get("/v1/style/options").json()
+    form = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
+            "style_scale", "style_weights", "content_layers", "style_layers")
+    assert set(body["defaults"]) == set(body["limits"]) == set(form)
+    fields = StyleParams.model_fields
+    for name in form:
+        if name != "size":
+            assert body["defaults"][name] == fields[name].default, name
+    assert body["defaults"]["size"] == 256  # this CPU's default
+    assert body["limits"]["size"] == {"min": 64, "max": 1024}
+    assert body["limits"]["steps"]["min"] == 1 and body["limits"]["steps"]["max"] == 2000
+    assert body["limits"]["init"]["choices"] == ["content", "noise"]
+    assert body["limits"]["style_weights"]["max_items"] == body["max_styles"] == 4
+    for name in ("style_weight", "content_weight", "tv_weight", "style_scale"):  # numbers: min and max keys
+        assert {"min", "max"} <= set(body["limits"][name]) and body["types"][name] == "number"
+    assert body["max_upload_bytes"] == MAX_UPLOAD and body["max_upload_mb"] == 2.0
+    assert "starry_night" in body["presets"]
+    # every default is accepted by the submit form as it is
+    job = submit(client, steps=1, size=body["defaults"]["size"] // 4,
+                 style_weight=str(body["defaults"]["style_weight"]),
+                 content_weight=str(body["defaults"]["content_weight"]))
+    assert job["params"]["style_weight"] == body["defaults"]["style_weight"]
+    wait_done(client, job["id"])
+
+
+def test_readyz_says_style_is_ready_without_changing_status(client):
+    body = client.get("/readyz").json()
+    assert body["status"] == "ready"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while body["style"] == "starting" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        body = client.get("/readyz").json()
+    assert body["style"] == "ready" and "style_detail" not in body
+
+
+def test_default_size_setting_and_no_workers(tiny_weights_dir, tmp_path):
+    settings = make_settings(tiny_weights_dir, tmp_path, job_workers=0, style_default_size=320)
+    with TestClient(create_app(settings)) as other:
+        wait_until_ready(other)
+        assert other.get("/v1/style/options").json()["defaults"]["size"] == 320
+        ready = other.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["style"] == "unavailable"
+        assert "JOB_WORKERS=0" in ready.json()["style_detail"]
+        job = submit(other, steps=5)
+        assert job["status"] == "queued" and job["eta_s"] is None  # nothing will run it: no made-up number
+        assert other.get("/v1/style/estimate").json()["workers"] == 0
+
+
+def test_style_disabled_in_readyz(tiny_weights_dir, tmp_path):
+    settings = make_settings(tiny_weights_dir, tmp_path, style_jobs_enabled=False)
+    with TestClient(create_app(settings)) as other:
+        wait_until_ready(other)
+        assert other.get("/readyz").json()["style"] == "disabled"
+        assert other.get("/v1/style/options").status_code == 404
