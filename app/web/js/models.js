@@ -14,8 +14,9 @@ export async function initModels() {
       const cal = m.calibration ?? {};
       const below = cal.low_confidence_below;
       // expected calibration error on the test set: how far the scores are from the accuracy they promise
-      const ece = typeof cal.ece_after === "number" ? `${(cal.ece_after * 100).toFixed(1)} %`
-        + (typeof cal.ece_before === "number" ? ` (was ${(cal.ece_before * 100).toFixed(1)} %)` : "") : "–";
+      const pct = (x) => `${(x * 100).toFixed(1)}\u00a0%`; // no line break inside "9.0 %"
+      const ece = typeof cal.ece_after === "number" ? pct(cal.ece_after)
+        + (typeof cal.ece_before === "number" ? ` (was\u00a0${pct(cal.ece_before)})` : "") : "–";
       const cells = [m.name + (m.default ? " (default)" : ""), m.task, acc, dataset, m.device ?? "–", ece,
         typeof below === "number" ? wholePercent(below) : "–"];
       cells.forEach((text, i) => {

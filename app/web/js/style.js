@@ -261,7 +261,10 @@ export function initStyle() {
       case "queued": return line(`Job queued${job.queue_position ? ` (place ${job.queue_position} in the queue)` : ""}`);
       case "running":
         return line(job.progress?.total ? `Job running: step ${job.progress.step} of ${job.progress.total}` : "Job running");
-      case "succeeded": return "Job succeeded.";
+      case "succeeded": {
+        const took = (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000;
+        return Number.isFinite(took) && took >= 0 ? `Job succeeded in ${duration(took).replace(/^about /, "")}.` : "Job succeeded.";
+      }
       case "failed": return `Job failed: ${job.error ?? "no reason given"}`;
       case "cancelled": return "Job cancelled.";
       case "deleted": return "Job deleted.";
