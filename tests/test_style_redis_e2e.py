@@ -132,6 +132,37 @@ def test_a_job_submitted_on_one_replica_is_followed_on_the_other(cluster):
     assert job["id"] in [j["id"] for j in cluster.b.get("/v1/style/jobs").json()["jobs"]]
 
 
+def test_readiness_and_time_estimates_on_every_replica(cluster):
+    from datetime import datetime
+
+    def epoch(iso: str) -> float:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+    for http in (cluster.a, cluster.b):  # workers warmed up before their first heartbeat: live means ready
+        body = wait_for_status(http, "/readyz", 200).json()
+        deadline = time.monotonic() + 10
+        while body["style"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = http.get("/readyz").json()
+        assert body["status"] == "ready" and body["style"] == "ready", body
+    estimate = cluster.b.get("/v1/style/estimate", params={"size": 64, "steps": SHORT_STEPS}).json()
+    assert estimate["workers"] == 2 and estimate["device"] == "cpu" and estimate["measured"], estimate
+    client = cluster.redis.client()
+    try:  # the model lives in Redis, so every replica prices jobs the same
+        assert client.hget(f"{cluster.namespace}:step_times", "cpu") is not None
+        assert sorted(set(client.hvals(f"{cluster.namespace}:worker_devices"))) == [b"cpu"]
+    finally:
+        client.close()
+    job = submit(cluster.a, SHORT_STEPS)
+    assert isinstance(job["eta_s"], float)
+    seen = []
+    done = wait_for(cluster.b, job["id"], lambda j: seen.append(j) or finished(j))
+    assert done["status"] == "succeeded" and done["eta_s"] is None
+    assert all(isinstance(j["eta_s"], float) for j in seen if not finished(j))
+    measured = epoch(done["finished_at"]) - epoch(done["started_at"])
+    assert 1 / 3 <= measured / estimate["run_s"] <= 3, (estimate, measured)
+
+
 def test_queue_positions_and_cancel_work_from_either_replica(cluster):
     first, second = submit(cluster.a, LONG_STEPS), submit(cluster.a, LONG_STEPS)
     for job in (first, second):  # two workers: both run at once

@@ -770,6 +770,7 @@ class EtaBoard:
         self.models = models
         self.workers = workers
         self.eta: dict[str, float] = {}
+        self.status = {job.id: job.status for job in active}
         devices = dict(workers)
         free = {worker: 0.0 for worker, _ in workers}
         self.queued = 0
@@ -802,8 +803,12 @@ class EtaBoard:
         """Seconds until `job` finishes (queue included); None once it finished or when no worker will run it."""
         if job.finished:
             return None
-        if job.id in self.eta:
+        if job.id in self.eta and job.status == self.status.get(job.id):
             return round(self.eta[job.id], 2)
+        if job.status == RUNNING:  # started after this board was made: its own remaining run
+            devices = dict(self.workers)
+            model = self.model(devices.get(job.worker or "", self._any_device()))
+            return round(_job_run_seconds(model, job, job.step, max(0.0, now() - (job.started_at or now()))), 2)
         if job.status == QUEUED and self.free:  # queued after this board was made: at the back
             worker = min(self.free, key=self.free.get)
             own = _job_run_seconds(self.model(dict(self.workers)[worker]), job)
