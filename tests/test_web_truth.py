@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.core.config import Settings
 from tests.test_e2e import REPO_ROOT, free_port, wait_until_ready
 from tests.test_web import CHROMIUM, CHROMIUM_ARGS, JOB_TIMEOUT_MS, TIMEOUT_MS, draw
 
@@ -260,6 +261,16 @@ def test_validation_errors_from_the_server_are_sentences(browser, server, photo)
         }""")
         assert message[0] == "Size must be at most 1024 px."
         assert message[1].startswith("HTTP 422: body size: Input should be less than or equal to 1024")
+        # and through the page: more reviews than a batch takes, typed as a person would paste them
+        most = Settings().max_batch_items
+        page.locator("#sentiment-batch").fill("\n".join(f"review number {i}" for i in range(most + 6)))
+        page.locator("#sentiment-batch-go").click()
+        alert = page.locator("#sentiment-batch-error .message")
+        alert.wait_for()
+        assert alert.inner_text() == f"At most {most} reviews can be classified at once; there are {most + 6}."
+        page.locator("#sentiment-batch").fill("a delight")  # the next action: the error goes, the answer comes
+        assert page.locator("#sentiment-batch-error").inner_text() == ""
+        page.locator("#sentiment-batch-results li").first.wait_for()
 
 
 # ------------------------------------------------------------------------------------------------ lost connection

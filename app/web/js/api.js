@@ -126,7 +126,16 @@ function explain422(err, ctx) {
     else if ((field === "style" || field === "style_preset") && e.type === "missing") text = "Pick a painting or upload your own.";
     else if (field === "style_preset") text = "That painting is not available any more: reload the page and pick another.";
     else if (e.type === "blank_text") text = ctx.what === "reviews" ? "Write at least one review." : "Write a review first.";
-    else if (e.type === "missing") text = `${name} is missing.`;
+    else if (e.type === "text_too_long") {
+      const m = String(e.msg).match(/(\d+) characters; the limit is (\d+)/);
+      const index = (e.loc || []).find((p) => typeof p === "number");
+      const which = index !== undefined ? `Review ${index + 1}` : "The review";
+      text = m ? `${which} is ${m[1]} characters long; the limit is ${m[2]}.` : `${which} is too long.`;
+    } else if (e.type === "too_long" && /at most (\d+) items, not (\d+)/.test(e.msg)) {
+      const [, most, given] = e.msg.match(/at most (\d+) items, not (\d+)/);
+      text = ctx.what === "reviews" ? `At most ${most} reviews can be classified at once; there are ${given}.`
+        : `${name}: at most ${most} at once; there are ${given}.`;
+    } else if (e.type === "missing") text = `${name} is missing.`;
     else if (RANGE_TYPES.has(e.type)) text = rangeSentence(field, ctx.limits) ?? boundSentence(name, field, e);
     else text = `${name}: ${String(e.msg || "").replace(/^Value error, /, "")}`;
     out.push(sentence(text));
