@@ -611,7 +611,7 @@ def _option_limits(field) -> dict:
     return limits
 
 
-@router.get("/options", response_model=StyleOptions,
+@router.get("/options", response_model=StyleOptions, responses=_errors(503),
             summary="Every job option's default and bounds (what a form should offer)",
             description="Read from the engine's option model and this server's settings, so a client never "
                         "writes them twice: `defaults[name]` and `limits[name].min/.max` (or `.choices`) for each "
