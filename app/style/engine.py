@@ -6,7 +6,9 @@
 The image is optimised with L-BFGS against a VGG-19 (Caffe weights, see models/vgg.py) on a coarse-to-fine
 schedule: most L-BFGS evaluations at half resolution, where they cost a quarter, then a refinement at full size.
 Losses are the PyTorch tutorial's ("Neural Transfer Using PyTorch"): content = mean squared feature difference,
-style = mean squared difference of Gram matrices normalised by C*H*W, plus an optional total-variation term.
+style = mean squared difference of Gram matrices normalised by C*H*W, plus an optional total-variation term; each
+is made relative (see Objective): content as a fraction of the painting's own distance to the photo, style as a
+fraction of the photo's own distance to the painting, so `style_weight` is a dimensionless ratio.
 
 `steps` counts loss evaluations (L-BFGS closure calls) over all scales, as the tutorial counts its steps.
 `should_stop()` is polled at every evaluation and raises StyleCancelled; `on_progress(ProgressInfo)` is called at
@@ -41,9 +43,10 @@ GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 DEFAULT_SIZE_CPU = 256
 DEFAULT_SIZE_CUDA = 512
 DEFAULT_STEPS = 250
-DEFAULT_STYLE_WEIGHT = 250.0  # for the default layers on Caffe-scale inputs (docs/style.md)
+DEFAULT_STYLE_WEIGHT = 3.0  # a ratio of relative losses (Objective; chosen by bench/style_grid.py, docs/style.md)
 DEFAULT_CONTENT_WEIGHT = 1.0
 DEFAULT_TV_WEIGHT = 0.0
+MAX_WEIGHT = 1e4  # style and content weights are ratios: beyond this one term is all there is
 MIN_SIZE, MAX_SIZE = 64, 1024
 MAX_STEPS = 2000
 MAX_STYLES = 4
@@ -68,11 +71,15 @@ class StyleParams(BaseModel):
                              f"({MIN_SIZE}..{MAX_SIZE}); default {DEFAULT_SIZE_CUDA} on CUDA, {DEFAULT_SIZE_CPU} on CPU")
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="loss evaluations (L-BFGS closure calls) "
                        "over all scales")
-    style_weight: float = Field(DEFAULT_STYLE_WEIGHT, ge=0, allow_inf_nan=False, description="weight of the style loss")
-    content_weight: float = Field(DEFAULT_CONTENT_WEIGHT, ge=0, allow_inf_nan=False,
-                                  description="weight of the content loss")
+    style_weight: float = Field(DEFAULT_STYLE_WEIGHT, ge=0, le=MAX_WEIGHT, allow_inf_nan=False,
+                                description="how much style against content, a ratio of relative losses (0.."
+                                f"{MAX_WEIGHT:g}; default {DEFAULT_STYLE_WEIGHT:g}): larger gives more of "
+                                "the painting, smaller keeps more of the photo")
+    content_weight: float = Field(DEFAULT_CONTENT_WEIGHT, ge=0, le=MAX_WEIGHT, allow_inf_nan=False,
+                                  description="weight of the content loss (relative, like style_weight)")
     tv_weight: float = Field(DEFAULT_TV_WEIGHT, ge=0, allow_inf_nan=False,
-                             description="weight of the total-variation (smoothness) loss")
+                             description="weight of the total-variation (smoothness) loss, relative to the "
+                             "photo's own roughness")
     init: Literal["content", "noise"] = Field("content", description="start from the content photo or from noise")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise init; same seed, inputs and "
                              "device give the same image")
@@ -227,37 +234,77 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """The loss of one scale: content features and blended style Gram targets computed once."""
+    """The loss of one scale: content features, blended style Gram targets and the balance computed once.
+
+    The balance is relative (docs/style.md, "Balance"). Each term is measured as a fraction of the distance between
+    the photo and the painting, per layer, then averaged over its layers:
+    - content: MSE(features, photo's) / MSE(painting's features, photo's), the painting resized to the photo's frame
+      (`styles_framed`): 0 at the photo, 1 as far from it as the painting itself;
+    - style: Gram MSE(image, painting) / Gram MSE(photo, painting): 1 at the photo, 0 with the painting's statistics.
+    Both are dimensionless, whatever the painting's contrast, the photo's brightness or the size, so `style_weight`
+    is a ratio (how much one unit of style is worth against one unit of content), larger meaning more style.
+    A blend uses the blended Gram targets and the blend-weighted mean of the paintings' content distances. The
+    normalisers are floored at 1e-3 of the target's mean square (a painting equal to the photo)."""
 
     def __init__(self, vgg: VGG19Features, content: torch.Tensor, styles: Sequence[torch.Tensor],
                  blend: Sequence[float], content_layers: Sequence[str], style_layers: Sequence[str],
-                 content_weight: float, style_weight: float, tv_weight: float):
+                 content_weight: float, style_weight: float, tv_weight: float,
+                 styles_framed: Sequence[torch.Tensor] | None = None):
         self.vgg = vgg
         self.content_layers = list(content_layers) if content_weight > 0 else []
         self.style_layers = list(style_layers) if style_weight > 0 else []
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
         self.weights = (content_weight, style_weight, tv_weight)
+        framed_list = list(styles_framed) if styles_framed is not None else [None] * len(styles)
         with torch.no_grad():
-            feats = vgg.extract(content, self.content_layers)
-            self.content_targets = {name: feats[name].detach() for name in self.content_layers}
+            feats = vgg.extract(content, self.layers)
+            self.content_targets = {n: feats[n].detach().float() for n in self.content_layers}
             self.gram_targets: dict[str, torch.Tensor] = {}
-            for w, style in zip(blend, styles):
+            distances = {n: content.new_zeros((), dtype=torch.float32) for n in self.content_layers}
+            for w, style, framed in zip(blend, styles, framed_list):
                 if w == 0:
                     continue
                 sfeats = vgg.extract(style, self.style_layers)
-                for name in self.style_layers:
-                    g = gram(sfeats[name]) * w
-                    self.gram_targets[name] = self.gram_targets.get(name, 0) + g
+                for n in self.style_layers:
+                    self.gram_targets[n] = self.gram_targets.get(n, 0) + gram(sfeats[n]) * w
+                if self.content_layers:
+                    ffeats = vgg.extract(framed if framed is not None else _fit(style, content),
+                                         self.content_layers)
+                    for n in self.content_layers:
+                        distances[n] = distances[n] + w * F.mse_loss(ffeats[n].float(), self.content_targets[n])
+            self.content_scales = {
+                n: 1.0 / (len(self.content_layers) * _floored(distances[n], self.content_targets[n]))
+                for n in self.content_layers}
+            self.style_scales = {
+                n: 1.0 / (len(self.style_layers) * _floored(F.mse_loss(gram(feats[n]), self.gram_targets[n]),
+                                                            self.gram_targets[n]))
+                for n in self.style_layers}
+            # total variation relative to the photo's own: an image as rough as the photo scores 1
+            self.tv_scale = 1.0 / max(float(tv_loss(content.float())), 1e-6) if tv_weight > 0 else 1.0
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         content_weight, style_weight, tv_weight = self.weights
         feats = self.vgg.extract(x, self.layers)
         zero = x.new_zeros((), dtype=torch.float32)
-        c_loss = sum((F.mse_loss(feats[n].float(), self.content_targets[n]) for n in self.content_layers), zero)
-        s_loss = sum((F.mse_loss(gram(feats[n]), self.gram_targets[n]) for n in self.style_layers), zero)
-        t_loss = tv_loss(x.float()) if tv_weight > 0 else zero  # x is the Caffe input: 0..255 scale
+        c_loss = sum((F.mse_loss(feats[n].float(), self.content_targets[n]) * self.content_scales[n]
+                      for n in self.content_layers), zero)
+        s_loss = sum((F.mse_loss(gram(feats[n]), self.gram_targets[n]) * self.style_scales[n]
+                      for n in self.style_layers), zero)
+        t_loss = tv_loss(x.float()) * self.tv_scale if tv_weight > 0 else zero
         total = content_weight * c_loss + style_weight * s_loss + tv_weight * t_loss
         return total, {"content": c_loss, "style": s_loss, "tv": t_loss, "total": total}
+
+
+def _floored(distance: torch.Tensor, target: torch.Tensor) -> float:
+    """A normaliser: the distance, kept at least 1e-3 of the target's mean square (and above 0)."""
+    return max(float(distance), 1e-3 * float(target.float().pow(2).mean()), 1e-12)
+
+
+def _fit(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`image` resized (bilinear) to the spatial size of `like`."""
+    if image.shape[-2:] == like.shape[-2:]:
+        return image
+    return F.interpolate(image, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------- engine
@@ -326,9 +373,12 @@ class StyleEngine:
             style_ts = [self._prepare(pil_to_tensor(s, self._style_size(s, longest, params.style_scale)))
                         for s in styles]
             boost = 1.0 if longest == size else COARSE_CONTENT_BOOST
+            # each painting in the photo's frame: the content term's unit is the painting's own content distance
+            framed = [self._prepare(pil_to_tensor(s, (w, h))) for s in styles]
             objective = Objective(self.vgg, content_t, style_ts, blend, content_layers, style_layers,
-                                  params.content_weight * boost, params.style_weight, params.tv_weight)
-            del style_ts
+                                  params.content_weight * boost, params.style_weight, params.tv_weight,
+                                  styles_framed=framed)
+            del style_ts, framed
             if x is None:
                 x = self._initial(params.init, content_full if (w, h) == (out_w, out_h)
                                   else pil_to_tensor(content, (w, h)), generator)
@@ -368,25 +418,53 @@ class StyleEngine:
 
     def _optimise(self, x: torch.Tensor, objective: Objective, n_evals: int, done: int, total: int,
                   stage: int, stages: int, longest: int, on_progress, should_stop) -> int:
-        optimizer = torch.optim.LBFGS([x], lr=1.0, max_iter=n_evals, max_eval=n_evals, history_size=100,
-                                      tolerance_grad=0.0, tolerance_change=0.0, line_search_fn=None)
+        """Exactly n_evals loss evaluations of L-BFGS on x (in place); x ends as the best image evaluated."""
         count = 0
+        best: tuple[float, torch.Tensor | None] = (math.inf, None)
 
         def closure() -> torch.Tensor:
-            nonlocal count
+            nonlocal count, best
+            if count >= n_evals:  # a line search asking for more than the budget
+                raise _BudgetSpent
             if should_stop is not None and should_stop():
                 raise StyleCancelled("style transfer cancelled")
             with torch.no_grad():  # keep the image a valid picture, as the tutorial does
                 x.clamp_(0, 1)
-            optimizer.zero_grad(set_to_none=True)
+            x.grad = None
             loss, parts = objective(self._prepare(x))
             loss.backward()
             count += 1
+            value = float(loss.detach())
+            if math.isfinite(value) and value < best[0]:
+                best = (value, x.detach().clone())
             if on_progress is not None:
                 losses = {k: float(v.detach()) for k, v in parts.items()}
                 on_progress(ProgressInfo(step=min(done + count, total), total=total, losses=losses, stage=stage,
                                          stages=stages, scale_px=longest, _image=x))
             return loss
 
-        optimizer.step(closure)
+        # L-BFGS may stop early (no descent direction left after a clamp, or a line search that cannot move): it
+        # is then restarted from the best image with a fresh history, until the budget is spent.
+        while count < n_evals:
+            before = count
+            if best[1] is not None:
+                with torch.no_grad():
+                    x.copy_(best[1])
+            optimizer = torch.optim.LBFGS([x], lr=1.0, max_iter=n_evals - count, max_eval=n_evals - count,
+                                          history_size=100, tolerance_grad=0.0, tolerance_change=0.0,
+                                          line_search_fn="strong_wolfe")
+            try:
+                optimizer.step(closure)
+            except _BudgetSpent:
+                break
+            if count == before:
+                break
+        if best[1] is not None:
+            with torch.no_grad():
+                x.copy_(best[1])
         return done + count
+
+
+class _BudgetSpent(Exception):
+    """Raised inside the L-BFGS closure when a stage's evaluations are spent."""
+
