@@ -4,7 +4,8 @@
 - errors are sentences, the API's own detail one click away, and gone when the next action starts;
 - a style job whose server goes away shows the lost connection, and recovers by itself when it is back
   (the server is killed with SIGKILL and started again on the same port and data directory);
-- an event stream that cannot be had falls back to polling (Playwright blocks the stream) and comes back;
+- an event stream cut by a proxy is re-opened; one that cannot be had at all falls back to polling (Playwright cuts
+  or blocks the stream) and the page goes back to the stream once it can;
 - a job's time estimate before submitting and its eta while it runs (GET /v1/style/estimate, eta_s);
 - the style form's defaults and bounds come from GET /v1/style/options;
 - answers below a model's calibrated threshold (GET /v1/models calibration.low_confidence_below) read "Not sure";
@@ -310,6 +311,32 @@ def test_lost_connection_shows_and_recovers_by_itself(browser, server, photo):
                                " && /step [1-9]/.test(document.querySelector('#style-status').textContent)",
                                timeout=JOB_TIMEOUT_MS)
         shot(page.locator("#style"), "connection-recovered")
+        cancel_job(page)
+
+
+def test_a_dying_event_stream_is_reopened(browser, server, photo):
+    """The first stream the page opens ends at once (a proxy cutting it): the page opens it again, no polling."""
+    with open_page(browser, server) as page:
+        streams: list[str] = []
+
+        def cut_first(route):
+            streams.append(route.request.url)
+            if len(streams) == 1:
+                route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=": cut\n\n")
+            else:
+                route.continue_()
+
+        page.context.route("**/events", cut_first)
+        page.evaluate("""() => { window.connectionStates = [];
+            new MutationObserver(() => { const s = document.querySelector('#style-job').dataset.connection;
+                if (s && window.connectionStates.at(-1) !== s) window.connectionStates.push(s); })
+            .observe(document.querySelector('#style-job'), { attributes: true, attributeFilter: ['data-connection'] }); }""")
+        submit_style(page, photo, size=64, steps=2000)
+        page.wait_for_function("/step [1-9]/.test(document.querySelector('#style-status').textContent)",
+                               timeout=JOB_TIMEOUT_MS)
+        assert len(streams) >= 2 and len(set(streams)) == 1, streams
+        assert "polling" not in page.evaluate("window.connectionStates")
+        assert page.locator("#style-job").get_attribute("data-connection") == "live"
         cancel_job(page)
 
 
