@@ -223,14 +223,17 @@ export function initStyle() {
 
   let connectionNoteTimer;
   /** live: the stream is open; polling: the server answers but the stream does not; lost: no answer. */
-  function setConnection(c, state) {
+  function setConnection(c, state, err = null) {
     if (c !== current) return;
     const was = panel.dataset.connection;
     panel.dataset.connection = state;
     if (state === "lost") {
       clearTimeout(connectionNoteTimer);
       connection.className = "conn lost";
-      connection.textContent = "Connection to the server lost. Trying again by itself every few seconds…";
+      const why = !err?.status ? "Connection to the server lost." // it answers, but not about jobs:
+        : err.status === 503 ? "Style jobs are unavailable on the server for a moment." // e.g. its job store is down
+          : `The server answers this job's status with an error (HTTP ${err.status}).`;
+      connection.textContent = `${why} Trying again by itself every few seconds…`;
       connection.hidden = false;
       if (c.last) status.textContent = `Last known: ${describe(c.last, false)}`;
     } else if (was === "lost") {
@@ -375,7 +378,7 @@ export function initStyle() {
         onStatus({ id: c.id, status: "expired" });
         return;
       }
-      setConnection(c, "lost");
+      setConnection(c, "lost", err);
       if (c.source) { c.source.close(); c.source = null; }
       c.polling = true;
       c.lostTries = (c.lostTries ?? 0) + 1;
