@@ -148,13 +148,13 @@ def test_fresh_server_warms_style_up_and_runs_the_first_job_at_once(fresh_server
     log = log_path.read_text()
     assert "started style worker" in log and "measured:" in log  # spawned at start and warmed up, no job yet
     # the worker measured the device before any job: the estimate is from measurements already
-    estimate = http.get("/v1/style/estimate", params={"size": 128, "steps": 16, "width": 80, "height": 60})
+    estimate = http.get("/v1/style/estimate", params={"size": 128, "steps": 8, "width": 80, "height": 60})
     assert estimate.status_code == 200, estimate.text
     estimate = estimate.json()
     assert estimate["measured"] and estimate["queued_ahead"] == 0 and estimate["workers"] == 1
     assert estimate["eta_s"] > 0 and estimate["seconds_per_step"] > 0
 
-    response = http.post("/v1/style/jobs", files=files(), data={"size": "128", "steps": "16"})
+    response = http.post("/v1/style/jobs", files=files(), data={"size": "128", "steps": "8"})
     assert response.status_code == 202, response.text
     submitted = response.json()
     assert isinstance(submitted["eta_s"], float) and submitted["eta_s"] > 0
@@ -175,7 +175,7 @@ def test_eta_counts_the_queue_ahead_and_rides_the_event_stream(fresh_server):
     wait_style_ready(http, log_path)
     ids, etas = [], []
     for _ in range(2):
-        response = http.post("/v1/style/jobs", files=files(), data={"size": "128", "steps": "16"})
+        response = http.post("/v1/style/jobs", files=files(), data={"size": "128", "steps": "8"})
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
         etas.append(response.json()["eta_s"])

@@ -689,8 +689,9 @@ class StepTimes:
             return prior_a * scale, prior_b * scale
         b = (self.sxy / self.w - mx * my) / vx
         a = my - b * mx
-        if b < 0:  # noise bigger than the size effect: a flat cost
-            return my, 0.0
+        if b <= 0:  # noise (another load on the machine) bigger than the size effect: the prior's shape again
+            scale = my / (prior_a + prior_b * mx)
+            return prior_a * scale, prior_b * scale
         if a < 0:  # through the origin
             return 0.0, self.sxy / self.sxx
         return a, b

@@ -81,6 +81,7 @@ class Worker:
         self.error = error  # multiprocessing.Array("c"): the load error, for /readyz
         self.store = SQLiteJobQueue(Path(config.data_dir))
         self.runner = JobRunner(self.store, self.id, config.max_image_pixels, stopping=self.stopping)
+        self.runner.job_waiting = wake.is_set  # set by the API at every submit
 
     def parent_alive(self) -> bool:
         return not self.config.parent_pid or os.getppid() == self.config.parent_pid
@@ -129,6 +130,7 @@ class JobRunner:
         self.engine = None
         self.load_error: str | None = None
         self.device_key = "cpu"
+        self.job_waiting = lambda: False  # True when a job arrived: the warm-up gives way to it
 
     def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0) -> None:
         """Load VGG-19 on the device, then measure it (warm_up). A failure is kept in load_error: every job this
@@ -157,7 +159,8 @@ class JobRunner:
 
     def warm_up(self) -> None:
         """A throwaway tiny run, then timed runs at two sizes, recorded as this device's first measurements.
-        Stops early (without recording) when the process is asked to stop; a failure is logged, never fatal."""
+        Gives way to a job that arrives meanwhile (what was timed is kept; the job's own steps are measured
+        too) and stops when the process is asked to stop; a failure is logged, never fatal."""
         import numpy as np
         from PIL import Image
 
@@ -168,18 +171,30 @@ class JobRunner:
         style = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
         runs = WARMUP_RUNS["cuda" if self.engine.device.type == "cuda" else "cpu"]
         samples = []
+
+        def give_way() -> bool:
+            return self.stopping() or self.job_waiting()
+
         try:
-            self.engine.run(content, [style], StyleParams(size=64, steps=1, seed=0), should_stop=self.stopping)
+            self.engine.run(content, [style], StyleParams(size=64, steps=1, seed=0), should_stop=give_way)
             for size, steps in runs:
                 timer = StepTimer(content.size, size)
-                self.engine.run(content, [style], StyleParams(size=size, steps=steps, seed=0),
-                                on_progress=timer.tick, should_stop=self.stopping)
-                samples += timer.take_samples(force=True)
-            self.store.record_step_times(self.device_key, samples)
+                try:
+                    self.engine.run(content, [style], StyleParams(size=size, steps=steps, seed=0),
+                                    on_progress=timer.tick, should_stop=give_way)
+                finally:
+                    samples += timer.take_samples(force=True)
         except StyleCancelled:
-            return
+            logger.info("worker %s: warm-up cut short (%s)", self.id,
+                        "stopping" if self.stopping() else "a job arrived")
         except Exception:
             logger.exception("worker %s: warm-up failed (time estimates start from defaults)", self.id)
+        if not samples:
+            return
+        try:
+            self.store.record_step_times(self.device_key, samples)
+        except Exception:
+            logger.exception("worker %s: warm-up measurements not recorded", self.id)
             return
         logger.info("worker %s: %s measured: %s", self.id, self.device_key,
                     ", ".join(f"{mpx * 1e6:.0f} px {seconds / evals * 1000:.1f} ms/step"
