@@ -186,7 +186,9 @@ class JobRunner:
                     samples += timer.take_samples(force=True)
         except StyleCancelled:
             logger.info("worker %s: warm-up cut short (%s)", self.id,
-                        "stopping" if self.stopping() else "a job arrived")
+                        "stopping" if self.stop_reason() else "a job arrived")
+        except ParentGone:
+            raise
         except Exception:
             logger.exception("worker %s: warm-up failed (time estimates start from defaults)", self.id)
         if not samples:
@@ -199,6 +201,12 @@ class JobRunner:
         logger.info("worker %s: %s measured: %s", self.id, self.device_key,
                     ", ".join(f"{mpx * 1e6:.0f} px {seconds / evals * 1000:.1f} ms/step"
                               for mpx, evals, seconds in samples))
+
+    def stop_reason(self) -> bool:
+        try:
+            return self.stopping()
+        except ParentGone:
+            return True
 
     def record_times(self, samples, head_s: float | None = None, tail_s: float | None = None) -> None:
         """Measurements into the store's model; never fails a job (an estimate is not worth a result)."""
