@@ -208,3 +208,26 @@ def test_estimate_validates_like_the_submit_form(fresh_server):
     assert small["eta_s"] < default["eta_s"] < bigger["eta_s"]
     blend = http.get("/v1/style/estimate", params={"style_count": 3}).json()
     assert blend["eta_s"] > default["eta_s"]
+
+
+def test_a_job_sent_while_the_worker_warms_up_does_not_wait_for_the_warm_up(tiny_weights_dir, tmp_path):
+    log_path = tmp_path / "server.log"
+    process, base_url = start_server(tiny_weights_dir, tmp_path / "data", log_path, DEVICE="cpu", JOB_WORKERS="1")
+    try:
+        deadline = time.monotonic() + STYLE_READY_TIMEOUT_S
+        while True:  # as soon as the server answers: VGG is loading or warming up in the worker
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-3000:]
+            try:
+                style = httpx.get(f"{base_url}/readyz", timeout=2).json()["style"]
+                break
+            except (httpx.TransportError, ValueError):
+                time.sleep(0.05)
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            response = http.post("/v1/style/jobs", files=files(), data={"size": "64", "steps": "3"})
+            assert response.status_code == 202, response.text
+            done, _ = poll_until_finished(http, response.json()["id"])
+        assert done["status"] == "succeeded", done
+        if style == "starting":  # the job came during the VGG load or the warm-up: the warm-up gave way
+            assert "warm-up cut short (a job arrived)" in log_path.read_text(), log_path.read_text()[-3000:]
+    finally:
+        stop(process)
