@@ -332,3 +332,18 @@ def test_style_disabled_in_readyz(tiny_weights_dir, tmp_path):
         wait_until_ready(other)
         assert other.get("/readyz").json()["style"] == "disabled"
         assert other.get("/v1/style/options").status_code == 404
+
+
+def test_readyz_says_style_failed_when_the_engine_cannot_load(tiny_weights_dir, tmp_path):
+    broken = tmp_path / "vgg.pth"
+    broken.write_bytes(b"not a checkpoint")
+    settings = make_settings(tiny_weights_dir, tmp_path / "data", job_workers=1, style_vgg_weights=broken)
+    with TestClient(create_app(settings)) as other:
+        wait_until_ready(other)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        body = other.get("/readyz").json()
+        while body["style"] == "starting" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            body = other.get("/readyz").json()
+        assert other.get("/readyz").status_code == 200  # the classifiers still serve
+        assert body["style"] == "failed" and "could not be loaded" in body["style_detail"], body
