@@ -7,8 +7,8 @@ the MNIST label; only the framing, the stroke weight, the medium and the file ch
     native       the MNIST digit as a 28x28 PNG (white on black)
     tight_crop   dark on white, cropped to the ink box with a 0-2 px margin, longer side 20-400 px (a form cell)
     edge_cut     dark on white, scaled to fill a square canvas so strokes run off 1-4 edges (<= 10 % cut off)
-    thick        dark on white, strokes widened to about twice MNIST's width
-    thin         dark on white, strokes narrowed to about half MNIST's width
+    thick        dark on white, a marker: strokes 3-4 px wide in MNIST's 20 px box (MNIST's median is 1.8 px)
+    thin         dark on white, a fine pen: strokes 0.7-1.1 px wide in that box
     pencil       grey graphite on off-white grainy paper, a photo saved as JPEG
     gradient     dark ink on paper under uneven light (one side up to 55 % darker)
     chalk        light, grainy chalk on a dark green board
@@ -53,14 +53,17 @@ def fitted(digit: np.ndarray, longer: int) -> np.ndarray:
     return enlarged(digit, max(1, round(h * scale)), max(1, round(w * scale)))
 
 
-def reweighted(ink: np.ndarray, factor: float) -> np.ndarray:
-    """Strokes widened (factor > 1) or narrowed (factor < 1) by a grey dilation/erosion of the stroke width."""
-    width = _stroke_width(ink > 0.5)
-    radius = max(1, round(abs(factor - 1) * width / 2))
-    size = 2 * radius + 1
+def reweighted(ink: np.ndarray, box_width: float) -> np.ndarray:
+    """Strokes dilated or eroded to a mean width of `box_width` pixels when the digit is framed in MNIST's 20 px
+    box (MNIST's own median is about 1.8 px): a marker or a fine pen, whatever the digit's own width was."""
+    px_per_box_px = max(ink.shape) / 20
+    change = (box_width - _stroke_width(ink > 0.5) / px_per_box_px) * px_per_box_px
+    size = int(round(abs(change))) + 1
+    if size < 2:
+        return ink
     img = Image.fromarray(grey8(ink))
-    out = img.filter(ImageFilter.MaxFilter(size) if factor > 1 else ImageFilter.MinFilter(size))
-    out = np.asarray(out.filter(ImageFilter.GaussianBlur(radius / 3)), dtype=np.float32) / 255.0
+    out = img.filter(ImageFilter.MaxFilter(size | 1) if change > 0 else ImageFilter.MinFilter(size | 1))
+    out = np.asarray(out.filter(ImageFilter.GaussianBlur(size / 6)), dtype=np.float32) / 255.0
     return np.clip(out / max(float(out.max()), 1e-6), 0.0, 1.0)
 
 
@@ -145,12 +148,12 @@ def edge_cut(digit, rng):
 
 
 def thick(digit, rng):
-    ink = reweighted(fitted(digit, int(rng.integers(80, 201))), rng.uniform(1.7, 2.3))
+    ink = reweighted(fitted(digit, int(rng.integers(80, 201))), rng.uniform(3.0, 4.0))
     return dark_on_white(with_margin(ink, rng, 0.1, 0.3))
 
 
 def thin(digit, rng):
-    ink = reweighted(fitted(digit, int(rng.integers(120, 241))), rng.uniform(0.35, 0.55))
+    ink = reweighted(fitted(digit, int(rng.integers(120, 241))), rng.uniform(0.7, 1.1))
     return dark_on_white(with_margin(ink, rng, 0.1, 0.3))
 
 

@@ -2,15 +2,22 @@
 
     python -m training.digits                 # both models
     python -m training.digits --arch cnn --epochs 20
+    python -m training.digits --arch cnn --resume --epochs 2 --lr 5e-4   # fine-tune the committed checkpoint
+
+The last 5,000 training images (55000..59999) are held out for calibration (training.calibrate). Each training
+image also gets --framing-variants reframed copies (training/framing.py: edge cuts, marker and fine-pen strokes)
+so the networks read digits drawn off the canvas edge or with other pens as the server frames them.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.digits import DIGIT_CLASSES, MNIST_MEAN, MNIST_STD, DigitsCNN, DigitsMLP
 from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
-                             seed_everything)
+                             seed_everything, sha256_of)
 from training.data import load_mnist
+from training.framing import framing_variants
 from training.loop import evaluate, log_epoch, tensor_batches, train_epoch
 
 MODELS = {
@@ -26,6 +33,11 @@ def parse_args():
     parser.add_argument("--mlp-epochs", type=int, default=30, help="epochs for the MLP (its own schedule)")
     parser.add_argument("--augment", type=float, default=1.0,
                         help="strength of the random affine augmentation for the CNN (0 = none)")
+    parser.add_argument("--train-size", type=int, default=55_000,
+                        help="train on the first N images; the rest are the calibration hold-out")
+    parser.add_argument("--framing-variants", type=int, default=1,
+                        help="reframed copies of each training image (edge cuts, other stroke widths)")
+    parser.add_argument("--resume", action="store_true", help="start from the committed checkpoint (fine-tune)")
     return parser.parse_args()
 
 
@@ -56,7 +68,13 @@ def random_affine(strength: float):
 def train_one(kind: str, args, data, device) -> None:
     spec = MODELS[kind]
     seed_everything(args.seed)
-    model = spec["cls"](**spec["config"]).to(device)
+    model = spec["cls"](**spec["config"])
+    init = None
+    if args.resume:
+        checkpoint = args.weights_dir / f"{spec['name']}.pt"
+        init = f"{checkpoint.name} sha256 {sha256_of(checkpoint)}"
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    model = model.to(device)
     x_train, y_train, x_test, y_test = data
     epochs = args.mlp_epochs if kind == "mlp" else args.epochs
     augment = random_affine(args.augment) if kind == "cnn" and args.augment > 0 else None
@@ -79,7 +97,9 @@ def train_one(kind: str, args, data, device) -> None:
         metrics={"dataset": "MNIST", "split": "test", "size": len(x_test), "accuracy": round(history["test_acc"][-1], 4)},
         hyperparameters={"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "AdamW",
                          "schedule": "one-cycle", "augment": args.augment if kind == "cnn" else 0.0,
-                         "seed": args.seed, "train_size": len(x_train)},
+                         "seed": args.seed, "train_size": len(x_train) // (1 + args.framing_variants),
+                         "framing_variants": args.framing_variants,
+                         "calibration_holdout": f"MNIST train {args.train_size}..59999", "init": init},
         training_time_s=timer.seconds, trained_on=device_description(device),
     )
 
@@ -89,8 +109,13 @@ def main() -> None:
     device = pick_device(args.device)
     x_train, y_train = load_mnist(args.data_dir, "train")
     x_test, y_test = load_mnist(args.data_dir, "test")
+    x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
     if args.limit:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    if args.framing_variants:
+        x_train = np.concatenate([x_train, framing_variants(x_train, args.framing_variants, args.seed,
+                                                             not args.no_progress)])
+        y_train = np.concatenate([y_train, np.repeat(y_train, args.framing_variants)])
     data = (to_tensor(x_train, device), torch.from_numpy(y_train).to(device),
             to_tensor(x_test, device), torch.from_numpy(y_test).to(device))
     for kind in (["mlp", "cnn"] if args.arch == "both" else [args.arch]):

@@ -38,6 +38,8 @@ MIN_BACKGROUND_LUMINANCE = 0.1  # contrast is relative to the background, which 
 EVEN_LIGHT_SPREAD = 0.1  # a background whose light varies less than this is taken as evenly lit
 BBOX_THRESHOLD = 0.1  # ink level that counts for the digit's bounding box
 MIN_STROKE = 1.2  # px of the 20 px box: thinner strokes are widened to this (about MNIST's 5th percentile)
+MAX_STROKE = 3.0  # ... thicker ones (MNIST's 97th percentile) are narrowed
+THICK_STROKE_TARGET = 2.4  # ... to this
 
 
 # --------------------------------------------------------------------------------------------- ink
@@ -191,7 +193,7 @@ def mnist_normalise(ink: np.ndarray) -> np.ndarray:
     the longer side is 20 px, pasted into 28x28 with the centre of mass at (14, 14)."""
     crop = _crop_to_ink(np.asarray(ink, dtype=np.float32))
     crop = _max_pool(crop, max(crop.shape) // (4 * DIGIT_BOX))  # a thin stroke keeps >= 1 px at 4x the box
-    crop = _thicken(crop, max(crop.shape) / DIGIT_BOX)
+    crop = _normalise_stroke(crop, max(crop.shape) / DIGIT_BOX)
     patch = _fit_box(crop, DIGIT_BOX)
     return _place_by_mass(patch, DIGIT_SIZE, DIGIT_CENTRE)
 
@@ -204,13 +206,19 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
     return np.clip(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 0.0, 1.0)
 
 
-def _thicken(crop: np.ndarray, px_per_box_px: float) -> np.ndarray:
-    """Widen hair-thin strokes (a fine pen on a big photo) to MNIST's stroke width; normal ones are left alone."""
+def _normalise_stroke(crop: np.ndarray, px_per_box_px: float) -> np.ndarray:
+    """Bring strokes into MNIST's range of widths: hair-thin ones (a fine pen on a big photo) are widened, marker-
+    thick ones narrowed; the widths MNIST itself has are left alone."""
     width = _stroke_width(crop > 0.5) / px_per_box_px
-    if width == 0.0 or width >= MIN_STROKE:
+    if width == 0.0:
         return crop
-    k = int(round((MIN_STROKE - width) * px_per_box_px)) + 1
-    return _max_filter(crop, k) if k >= 2 else crop
+    if width < MIN_STROKE:
+        k = int(round((MIN_STROKE - width) * px_per_box_px)) + 1
+        return _max_filter(crop, k) if k >= 2 else crop
+    if width > MAX_STROKE:
+        k = int(round((width - THICK_STROKE_TARGET) * px_per_box_px)) + 1
+        return _crop_to_ink(_min_filter(crop, k)) if k >= 2 else crop
+    return crop
 
 
 def _stroke_width(mask: np.ndarray) -> float:
@@ -228,6 +236,14 @@ def _max_filter(arr: np.ndarray, k: int) -> np.ndarray:
     padded = np.pad(arr, k - 1)
     rows = sliding_window_view(padded, k, axis=0).max(axis=-1)
     return sliding_window_view(rows, k, axis=1).max(axis=-1)
+
+
+def _min_filter(arr: np.ndarray, k: int) -> np.ndarray:
+    """Grey erosion with a k x k square, same size out (outside counts as no ink)."""
+    lo, hi = (k - 1) // 2, k // 2
+    padded = np.pad(arr, ((lo, hi), (lo, hi)))
+    rows = sliding_window_view(padded, k, axis=0).min(axis=-1)
+    return sliding_window_view(rows, k, axis=1).min(axis=-1)
 
 
 def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
