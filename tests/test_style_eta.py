@@ -233,3 +233,15 @@ def test_a_job_sent_while_the_worker_warms_up_does_not_wait_for_the_warm_up(tiny
             assert "warm-up cut short (a job arrived)" in log_path.read_text(), log_path.read_text()[-3000:]
     finally:
         stop(process)
+
+
+def test_retry_after_is_when_the_first_worker_is_free():
+    model = StepTimes()
+    for mpx in (0.004, 0.016):
+        model.observe(mpx, 100, 100 * (0.01 + 2.0 * mpx))
+    at = 1000.0
+    active = [job("r1", RUNNING, step=10, worker="w1", started_at=at - 1), job("q1", QUEUED)]
+    board = EtaBoard(active, [("w1", "cpu")], {"cpu": model}, at=at)
+    assert board.next_start_s == pytest.approx(board.eta["r1"])
+    assert EtaBoard(active, [("w1", "cpu"), ("w2", "cpu")], {"cpu": model}, at=at).next_start_s == 0.0
+    assert EtaBoard(active, [], {"cpu": model}, at=at).next_start_s is None

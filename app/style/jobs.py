@@ -783,6 +783,8 @@ class EtaBoard:
                 self.eta[job.id] = left
                 if job.worker in free:
                     free[job.worker] = max(free[job.worker], left)
+        # when the first queued job starts (a place in a full queue opens): the first worker to be free
+        self.next_start_s = min(free.values()) if free else None
         for job in active:
             if job.status == QUEUED:
                 self.queued += 1

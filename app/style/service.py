@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import os
 import secrets
@@ -86,7 +87,12 @@ class _StyleServiceBase:
         return time.monotonic() - self._last_cleanup >= self._cleanup_every()
 
     def retry_after_s(self) -> int:
-        """A rough wait before a full queue has room: the mean run time x queued jobs / workers."""
+        """The wait before a full queue has room: when the first worker is free to take its first job (from the
+        measured step times); without workers, the mean run time x queued jobs."""
+        with suppress(Exception):
+            board = self.eta_board()
+            if board.next_start_s is not None:
+                return int(min(3600, max(1, math.ceil(board.next_start_s))))
         mean = self.store.mean_run_seconds() or 10.0
         queued = self.store.count(QUEUED)
         return int(min(3600, max(1, mean * max(1, queued) / max(1, len(self.workers)))))
