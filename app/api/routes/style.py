@@ -282,7 +282,10 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
         raise APIError("no space left on the server's data volume (DATA_DIR) to store this job; finished jobs "
                        "are deleted after RESULT_TTL, retry later", 507, {"Retry-After": "60"}) from None
     service.notify()
-    body = job_view(job, _base(request), await _board(service, fresh=True))
+    board = None
+    with suppress(J.JobStoreUnavailable):  # the job is stored: a blip now costs its estimate, not the 202
+        board = await _board(service, fresh=True)
+    body = job_view(job, _base(request), board)
     return JSONResponse(body, status_code=202, headers={"Location": f"{_base(request)}/jobs/{job.id}"})
 
 
