@@ -11,7 +11,8 @@
     the weights are divided by CAFFE_SCALE^4 and CAFFE_SCALE^2 for the Caffe input scale (see below);
     Gram matrices divided by the number of elements; MSE losses. The tutorial's torchvision VGG and ImageNet
     mean/std normalisation are replaced by our Caffe VGG-19 with Caffe preprocessing (its weights need it).
-(b) our engine, same layers and weights, its default schedule and step count.
+(b) our engine, same layers and weights (its absolute losses: `run(..., relative=False)`), its default schedule and
+    step count.
 (c) our engine with its defaults (default layers and weights): timed only, its objective is another one.
 
 Both (a) and (b) are scored with ONE yardstick: the tutorial's loss (same layers, weights, targets) evaluated on
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     same = StyleParams(size=args.size, content_layers=list(TUTORIAL_CONTENT_LAYERS),
                        style_layers=list(TUTORIAL_STYLE_LAYERS), style_weight=TUTORIAL_STYLE_WEIGHT,
                        content_weight=TUTORIAL_CONTENT_WEIGHT, tv_weight=0.0, **extra)
-    ours_pil, ours_s = timed(lambda: engine.run(content_img, [style_img], same))
+    ours_pil, ours_s = timed(lambda: engine.run(content_img, [style_img], same, relative=False))
     default_pil, default_s = timed(lambda: engine.run(content_img, [style_img], StyleParams(size=args.size, **extra)))
 
     result = {
@@ -202,7 +203,7 @@ def compare_layers(engine: StyleEngine, pairs: list[tuple[Path, Path]], size: in
             params = StyleParams(size=size, content_layers=list(cl), style_layers=list(sl), content_weight=cw,
                                  style_weight=sw, seed=0)
             start = time.perf_counter()
-            row.append(engine.run(content_img, [style_img], params))
+            row.append(engine.run(content_img, [style_img], params, relative=False))  # absolute, balanced weights
             report.append({"pair": [content_path.name, style_path.name], "candidate": name, "content_weight": cw,
                            "style_weight": sw, "seconds": round(time.perf_counter() - start, 2)})
             print(report[-1], flush=True)

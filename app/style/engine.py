@@ -249,7 +249,7 @@ class Objective:
     def __init__(self, vgg: VGG19Features, content: torch.Tensor, styles: Sequence[torch.Tensor],
                  blend: Sequence[float], content_layers: Sequence[str], style_layers: Sequence[str],
                  content_weight: float, style_weight: float, tv_weight: float,
-                 styles_framed: Sequence[torch.Tensor] | None = None):
+                 styles_framed: Sequence[torch.Tensor] | None = None, relative: bool = True):
         self.vgg = vgg
         self.content_layers = list(content_layers) if content_weight > 0 else []
         self.style_layers = list(style_layers) if style_weight > 0 else []
@@ -281,6 +281,10 @@ class Objective:
                 for n in self.style_layers}
             # total variation relative to the photo's own: an image as rough as the photo scores 1
             self.tv_scale = 1.0 / max(float(tv_loss(content.float())), 1e-6) if tv_weight > 0 else 1.0
+            if not relative:  # the tutorial's absolute losses (bench.style reproduces its objective with them)
+                self.content_scales = dict.fromkeys(self.content_scales, 1.0)
+                self.style_scales = dict.fromkeys(self.style_scales, 1.0)
+                self.tv_scale = 1.0
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         content_weight, style_weight, tv_weight = self.weights
@@ -345,9 +349,10 @@ class StyleEngine:
 
     def run(self, content: Image.Image, styles: Sequence[Image.Image], params: StyleParams | None = None,
             on_progress: Callable[[ProgressInfo], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Image.Image:
+            should_stop: Callable[[], bool] | None = None, relative: bool = True) -> Image.Image:
         """Stylise `content` with `styles` (blended by params.style_weights); returns an RGB image whose longest
-        side is params.size. Raises StyleCancelled when should_stop() turns True, ValueError on bad inputs."""
+        side is params.size. Raises StyleCancelled when should_stop() turns True, ValueError on bad inputs.
+        relative=False uses the tutorial's absolute losses (weights then depend on the inputs; for benchmarks)."""
         params = params or StyleParams()
         styles = list(styles)
         blend = params.blend(len(styles))
@@ -377,7 +382,7 @@ class StyleEngine:
             framed = [self._prepare(pil_to_tensor(s, (w, h))) for s in styles]
             objective = Objective(self.vgg, content_t, style_ts, blend, content_layers, style_layers,
                                   params.content_weight * boost, params.style_weight, params.tv_weight,
-                                  styles_framed=framed)
+                                  styles_framed=framed, relative=relative)
             del style_ts, framed
             if x is None:
                 x = self._initial(params.init, content_full if (w, h) == (out_w, out_h)
