@@ -102,7 +102,11 @@ def test_healthz(client):
 def test_readyz(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "device": response.json()["device"], "models": MODEL_NAMES}
+    body = response.json()
+    assert {k: body[k] for k in ("status", "device", "models")} == {"status": "ready", "device": body["device"],
+                                                                    "models": MODEL_NAMES}
+    assert body["style"] in ("starting", "ready", "unavailable", "disabled"), body  # style never drives status
+    assert set(body) <= {"status", "device", "models", "error", "style", "style_detail"}
 
 
 def test_models_list(client):

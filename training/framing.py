@@ -77,7 +77,8 @@ def variant(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def framing_variants(images: np.ndarray, per_image: int, seed: int, progress: bool = True,
                      cache_dir: Path | None = CACHE_DIR) -> np.ndarray:
     """`per_image` variants of each image, in order (N * per_image, 28, 28) uint8; cached, as they take minutes."""
-    key = hashlib.sha256(images.tobytes() + Path(__file__).read_bytes() + f"{per_image},{seed}".encode()).hexdigest()
+    code = Path(__file__).read_bytes() + Path(mnist_normalise.__code__.co_filename).read_bytes()
+    key = hashlib.sha256(images.tobytes() + code + f"{per_image},{seed}".encode()).hexdigest()
     cached = cache_dir / f"mnist-framing-{key[:16]}.npy" if cache_dir else None
     if cached and cached.exists():
         return np.load(cached)

@@ -37,7 +37,8 @@ BACKGROUND_REFITS = 3
 MIN_BACKGROUND_LUMINANCE = 0.1  # contrast is relative to the background, which on a black screen is ~0
 EVEN_LIGHT_SPREAD = 0.1  # a background whose light varies less than this is taken as evenly lit
 BBOX_THRESHOLD = 0.1  # ink level that counts for the digit's bounding box
-MIN_STROKE = 1.2  # px of the 20 px box: thinner strokes are widened to this (about MNIST's 5th percentile)
+MIN_STROKE = 1.2  # px of the 20 px box: thinner strokes (MNIST's 5th percentile) are widened
+THIN_STROKE_TARGET = 1.8  # ... to about MNIST's median
 MAX_STROKE = 3.0  # ... thicker ones (MNIST's 97th percentile) are narrowed
 THICK_STROKE_TARGET = 2.4  # ... to this
 
@@ -213,7 +214,7 @@ def _normalise_stroke(crop: np.ndarray, px_per_box_px: float) -> np.ndarray:
     if width == 0.0:
         return crop
     if width < MIN_STROKE:
-        k = int(round((MIN_STROKE - width) * px_per_box_px)) + 1
+        k = int(round((THIN_STROKE_TARGET - width) * px_per_box_px)) + 1
         return _max_filter(crop, k) if k >= 2 else crop
     if width > MAX_STROKE:
         k = int(round((width - THICK_STROKE_TARGET) * px_per_box_px)) + 1
