@@ -1,4 +1,4 @@
-"""app.preprocessing.images: decoding limits, MNIST-style digit framing, CIFAR-style object input.
+"""app.preprocessing (decoding, digits, objects): decoding limits, MNIST-style digit framing, CIFAR-style object input.
 
 Ground truth for the digit pipeline is the official MNIST test set shipped in data/heldout/mnist-test.npz:
 digits re-rendered the way people send them (photo of paper, chalk board, transparent canvas, 16-bit scan,
@@ -17,15 +17,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFile
 
 from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from app.preprocessing.images import (
-    decode_base64_image,
-    digit_tensor,
-    mnist_normalise,
-    normalise_cifar_uint8,
-    object_tensor,
-    open_image,
-    to_ink,
-)
+from app.preprocessing.decoding import decode_base64_image, open_image
+from app.preprocessing.digits import digit_tensor, mnist_normalise, to_ink
+from app.preprocessing.objects import normalise_cifar_uint8, object_tensor
 from models.digits import MNIST_MEAN, MNIST_STD
 from models.objects import CIFAR_MEAN, CIFAR_STD
 
@@ -264,13 +258,26 @@ def test_blank_image_is_bad_input(make):
 
 def test_mnist_normalise_fits_a_20px_box_keeping_aspect_ratio():
     ink = np.zeros((300, 200), np.float32)
-    ink[50:250, 90:140] = 1.0  # a 200x50 bar, off-centre
+    ink[50:250, 90:140] = 1.0  # a 200x50 box drawn with a 20 px pen (2 px of the 20 px box: MNIST's width), off-centre
+    ink[70:230, 110:120] = 0.0
     out = mnist_normalise(ink)
     assert ink_box(out) == (20, 5)
-    assert centre_of_mass(out) == pytest.approx((14.0, 14.0), abs=0.5)
+    assert centre_of_mass(out) == pytest.approx((14.0, 14.0), abs=0.5 + 1e-5)  # half a pixel of rounding, plus float32 resize noise
     tiny = np.zeros((50, 50), np.float32)
     tiny[3:7, 40:42] = 1.0  # a 4x2 speck is enlarged to 20x10
     assert ink_box(mnist_normalise(tiny)) == (20, 10)
+
+
+def test_marker_strokes_are_narrowed_and_hairlines_widened_to_mnist_widths(mnist_digits):
+    """A digit drawn with a marker (4 px of the 20 px box) or a hairline pen (0.5 px) comes out with strokes in
+    MNIST's own range (median 1.8 px, 5th-97th percentile 1.2-3.0 px)."""
+    from app.preprocessing.digits import _stroke_width
+    from bench.digit_renderings import reweighted
+    for pen in (4.0, 0.5):
+        widths = [_stroke_width(mnist_normalise(reweighted(upscaled(digit, 8), pen)) > 0.5) for digit in mnist_digits]
+        assert 1.5 <= float(np.median(widths)) <= 3.0, (pen, widths)
+        # a marker that filled a 6's or an 8's loop leaves a blob no narrowing can reopen; it still gets thinner
+        assert 1.2 <= min(widths) and max(widths) <= (4.6 if pen > 1 else 3.0), (pen, widths)
 
 
 def test_mnist_normalise_blank_raises():

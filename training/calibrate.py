@@ -212,6 +212,9 @@ def splits(entry: dict, data_dir: Path, heldout_dir: Path, device, seed: int) ->
         if train_size is None or train_size > start:
             split = (f"MNIST train images {start}..{stop - 1} ({stop - start:,}); PROVISIONAL: these weights "
                      f"trained on {train_size or 'all'} images, these included; re-run after retraining")
+        elif entry.get("hyperparameters", {}).get("init"):
+            split = (f"MNIST train images {start}..{stop - 1} ({stop - start:,}), left out of the fine-tuning; "
+                     "seen by the earlier training it started from (retrain from scratch to make them unseen)")
         return dict(cal=(image_logits(model, digits.to_tensor(x_train[DIGITS_CALIBRATION], "cpu"), device),
                          y_train[DIGITS_CALIBRATION]),
                     test=(image_logits(model, digits.to_tensor(test["x"], "cpu"), device), test["y"]),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.preprocessing.images import normalise_cifar_uint8
+from app.preprocessing.objects import normalise_cifar_uint8
 from models.objects import CIFAR10_CLASSES, ObjectsResNet
 from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
                              seed_everything)

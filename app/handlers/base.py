@@ -10,7 +10,7 @@ from torch import nn
 
 from app.core.config import Settings
 from app.core.loading import StartupError, load_state_dict
-from app.preprocessing.images import declared_pixels, open_image
+from app.preprocessing.decoding import declared_pixels, open_image
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Handwritten digits (MNIST-style, 28x28 grey)."""
 from app.handlers.base import ImageClassifierHandler
-from app.preprocessing.images import digit_tensor
+from app.preprocessing.digits import digit_tensor
 from models.digits import DigitsCNN, DigitsMLP
 
 

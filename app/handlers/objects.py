@@ -1,6 +1,6 @@
 """Everyday objects (CIFAR-10, 32x32 RGB)."""
 from app.handlers.base import ImageClassifierHandler
-from app.preprocessing.images import object_tensor
+from app.preprocessing.objects import object_tensor
 from models.objects import ObjectsResNet
 
 

@@ -41,6 +41,7 @@ MIN_STROKE = 1.2  # px of the 20 px box: thinner strokes (MNIST's 5th percentile
 THIN_STROKE_TARGET = 1.8  # ... to about MNIST's median
 MAX_STROKE = 3.0  # ... thicker ones (MNIST's 97th percentile) are narrowed
 THICK_STROKE_TARGET = 2.4  # ... to this
+STROKE_PASSES = 2
 
 
 # --------------------------------------------------------------------------------------------- ink
@@ -194,7 +195,8 @@ def mnist_normalise(ink: np.ndarray) -> np.ndarray:
     the longer side is 20 px, pasted into 28x28 with the centre of mass at (14, 14)."""
     crop = _crop_to_ink(np.asarray(ink, dtype=np.float32))
     crop = _max_pool(crop, max(crop.shape) // (4 * DIGIT_BOX))  # a thin stroke keeps >= 1 px at 4x the box
-    crop = _normalise_stroke(crop, max(crop.shape) / DIGIT_BOX)
+    for _ in range(STROKE_PASSES):  # the width measure undercounts short strokes: a second pass finishes the job
+        crop = _normalise_stroke(crop, max(crop.shape) / DIGIT_BOX)
     patch = _fit_box(crop, DIGIT_BOX)
     return _place_by_mass(patch, DIGIT_SIZE, DIGIT_CENTRE)
 
@@ -209,17 +211,20 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
 
 def _normalise_stroke(crop: np.ndarray, px_per_box_px: float) -> np.ndarray:
     """Bring strokes into MNIST's range of widths: hair-thin ones (a fine pen on a big photo) are widened, marker-
-    thick ones narrowed; the widths MNIST itself has are left alone."""
-    width = _stroke_width(crop > 0.5) / px_per_box_px
-    if width == 0.0:
+    thick ones narrowed; the widths MNIST itself has are left alone, and so is a crop smaller than the box (its
+    strokes are a pixel or two whatever the pen was)."""
+    if max(crop.shape) < DIGIT_BOX:
         return crop
-    if width < MIN_STROKE:
-        k = int(round((THIN_STROKE_TARGET - width) * px_per_box_px)) + 1
-        return _max_filter(crop, k) if k >= 2 else crop
-    if width > MAX_STROKE:
-        k = int(round((width - THICK_STROKE_TARGET) * px_per_box_px)) + 1
-        return _crop_to_ink(_min_filter(crop, k)) if k >= 2 else crop
-    return crop
+    width = _stroke_width(crop > 0.5) / px_per_box_px
+    if width == 0.0 or MIN_STROKE <= width <= MAX_STROKE:
+        return crop
+    target = THIN_STROKE_TARGET if width < MIN_STROKE else THICK_STROKE_TARGET
+    # Dilating or eroding by e pixels also changes the longer side by e, and so the scale of the box:
+    # solve (w +- e) / (H +- e) = target / DIGIT_BOX for e.
+    k = int(round(abs(width - target) * px_per_box_px / (1 - target / DIGIT_BOX))) + 1
+    if k < 2:
+        return crop
+    return _max_filter(crop, k) if width < MIN_STROKE else _crop_to_ink(_min_filter(crop, k))
 
 
 def _stroke_width(mask: np.ndarray) -> float:

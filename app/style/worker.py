@@ -275,7 +275,7 @@ class JobRunner:
         self.store.fail(job.id, message, self.id)
 
     def inputs(self, job):
-        from app.preprocessing.images import open_image
+        from app.preprocessing.decoding import open_image
         from app.style.engine import StyleParams
         from app.style.presets import preset_path
 

@@ -28,7 +28,7 @@ from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.inference import media_type, unsupported
 from app.api.schemas import ErrorBody, ValidationErrorBody
 from app.core.errors import APIError, NotFound, ServiceUnavailable
-from app.preprocessing.images import open_image
+from app.preprocessing.decoding import open_image
 from app.style import jobs as J
 from app.style.engine import MAX_STYLES, StyleParams
 from app.style.service import AnyStyleService
