@@ -210,17 +210,22 @@ def test_active_jobs_and_step_times_shared_by_every_process(store, tmp_path):
     # workers (threads here, each with its own connection) fold samples in at once: none is lost
     other = SQLiteJobQueue(tmp_path)
 
-    def record(queue):
-        for _ in range(25):
-            queue.record_step_times("cpu", [(0.01, 4, 0.2), (0.05, 4, 0.6)])
-
-    threads = [threading.Thread(target=record, args=(queue,)) for queue in (store, other)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    record_step_times_at_once(store, other)
     store.record_step_times("cpu", [], head_s=0.3, tail_s=0.1)
     model = other.step_times()["cpu"]
     assert model.evals == 2 * 25 * 8 and model.jobs == 1 and model.head == 0.3 and model.tail == 0.1
     assert model.per_eval(0.01) == pytest.approx(0.05) and model.per_eval(0.05) == pytest.approx(0.15)
     other.close()
+
+
+def record_step_times_at_once(*queues) -> None:
+    """Each queue (its own connection) records 25 x 8 step-time samples for "cpu", all from threads at once."""
+    def record(queue):
+        for _ in range(25):
+            queue.record_step_times("cpu", [(0.01, 4, 0.2), (0.05, 4, 0.6)])
+
+    threads = [threading.Thread(target=record, args=(queue,)) for queue in queues]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -12,6 +12,7 @@ from app.style.redis_queue import RedisJobQueue, connect
 from tests.conftest import make_settings, wait_until_ready
 from tests.redis_server import RedisServer
 from tests.test_e2e import free_port
+from tests.test_style_jobs import record_step_times_at_once
 from tests.test_style_api import files
 
 HEARTBEAT_S = 1.0
@@ -253,8 +254,6 @@ def test_a_full_redis_refuses_a_job_cleanly(store, sent):
 
 
 def test_active_jobs_worker_devices_and_shared_step_times(store, redis_server):
-    import threading
-
     a, b = submit(store), submit(store)
     store.claim_job(a.id, "w1")
     assert [(j.id, j.status) for j in store.active_jobs()] == [(a.id, J.RUNNING), (b.id, J.QUEUED)]
@@ -271,15 +270,7 @@ def test_active_jobs_worker_devices_and_shared_step_times(store, redis_server):
     # two replicas' workers updating one device's model at once (optimistic transactions): nothing is lost
     other = RedisJobQueue(connect(redis_server.url), lambda job_id: None, namespace=store.ns)
 
-    def record(queue):
-        for _ in range(25):
-            queue.record_step_times("cpu", [(0.01, 4, 0.2), (0.05, 4, 0.6)])
-
-    threads = [threading.Thread(target=record, args=(queue,)) for queue in (store, other)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    record_step_times_at_once(store, other)
     model = other.step_times()["cpu"]
     assert model.evals == 2 * 25 * 8
     assert model.per_eval(0.01) == pytest.approx(0.05) and model.per_eval(0.05) == pytest.approx(0.15)

@@ -4,15 +4,11 @@ Each MNIST test digit (the first of each class) is traced onto the canvas the wa
 mouse drag along every run of ink in the digit's rows, as many rows as the page's brush needs to leave no gaps. The page posts the
 canvas to the server after each stroke; no drawing may be refused, and the digits must be read right.
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
-from tests.test_web import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.test_e2e import REPO_ROOT, start_server, stop, wait_until_ready
+from tests.test_web import ARTIFACTS, TIMEOUT_MS, browser  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -23,34 +19,25 @@ SIZES = [("small", 0.3, 0.35), ("normal", 0.7, 0.15), ("edge", 1.12, -0.06)]
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web-digits")
-    env = {**os.environ, "WEIGHTS_DIR": str(REPO_ROOT / "weights"), "DATA_DIR": str(tmp / "data"),
-           "DEVICE": "cpu", "JOB_WORKERS": "0"}
-    port, log_path = free_port(), tmp / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_server(REPO_ROOT / "weights", tmp / "data", tmp / "server.log", DEVICE="cpu",
+                                JOB_WORKERS="0")
     try:
-        wait_until_ready(process, url, log_path)
+        wait_until_ready(process, url, tmp / "server.log")
         yield url
     finally:
         stop(process)
 
 
 @pytest.fixture(scope="module")
-def page(base_url):
-    from playwright.sync_api import sync_playwright
+def page(browser, base_url):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        context = browser.new_context(base_url=base_url, viewport={"width": 1100, "height": 900})
-        context.set_default_timeout(TIMEOUT_MS)
-        page = context.new_page()
-        page.goto("/")
-        page.wait_for_selector("body[data-ready=true]")
-        yield page
-        browser.close()
+    context = browser.new_context(base_url=base_url, viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto("/")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    context.close()
 
 
 def first_of_each_class() -> list[tuple[int, np.ndarray]]:

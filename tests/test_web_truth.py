@@ -29,7 +29,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from tests.test_e2e import REPO_ROOT, free_port, wait_until_ready
-from tests.test_web import CHROMIUM, CHROMIUM_ARGS, JOB_TIMEOUT_MS, TIMEOUT_MS, draw
+from tests.test_web import JOB_TIMEOUT_MS, TIMEOUT_MS, browser, draw  # noqa: F401 (browser: a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -79,16 +79,6 @@ def server(tmp_path_factory):
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        yield browser
-        browser.close()
 
 
 @contextmanager

@@ -203,17 +203,6 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def to_ink(img: Image.Image) -> np.ndarray:
-    """(H, W) float32 in [0, 1], 1 = ink, for dark-on-light, light-on-dark and alpha-only images."""
-    lum = _luminance(img)
-    signed = lum - _background(lum)
-    border = _border(signed)
-    noise = 1.4826 * float(np.median(np.abs(border - np.median(border))))
-    threshold = max(4.0 * noise, INK_MIN_CONTRAST)
-    ink = signed if _ink_is_light(signed, threshold) else -signed
-    return _clean_ink(ink, threshold)
-
-
 def has_alpha(img: Image.Image) -> bool:
     return img.mode in ALPHA_MODES or img.has_transparency_data
 
