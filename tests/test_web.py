@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/web/ (gitignored); the final full page is copie
 missing or UPDATE_WEB_SCREENSHOT=1.
 Needs `pip install playwright` and `apt-get install chromium`; without them these tests fail, they do not skip.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -117,7 +118,8 @@ def test_page_served_and_models_panel(page, base_url):
     assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{base_url}/docs").status_code == 200
     row = page.locator("#models-body tr[data-model=digits-cnn]")
-    assert "99.71 %" in row.inner_text() and "MNIST" in row.inner_text() and "cpu" in row.inner_text()
+    accuracy = json.loads((REPO_ROOT / "weights" / "manifest.json").read_text())["models"]["digits-cnn"]["metrics"]["accuracy"]
+    assert f"{100 * accuracy:.2f} %" in row.inner_text() and "MNIST" in row.inner_text() and "cpu" in row.inner_text()
     assert page.locator("#models-body tr").count() == 4
     options = page.locator("#digit-model option")
     assert sorted(options.evaluate_all("os => os.map(o => o.value)")) == ["digits-cnn", "digits-mlp"]
