@@ -34,6 +34,7 @@ INK_NOISE_SIGMAS = 4.0  # ... and by this many standard deviations of the backgr
 BACKGROUND_GRID = 64  # the background is estimated on a copy at most this many pixels on its longer side
 BACKGROUND_WINDOW = 0.5  # opening window, as a share of the longer side: wider than a stroke
 BACKGROUND_REFITS = 3
+NOISE_SAMPLE_SIDE = 96  # the noise is measured on about this many rows and columns
 MIN_BACKGROUND_LUMINANCE = 0.1  # contrast is relative to the background, which on a black screen is ~0
 EVEN_LIGHT_SPREAD = 0.1  # a background whose light varies less than this is taken as evenly lit
 BBOX_THRESHOLD = 0.1  # ink level that counts for the digit's bounding box
@@ -94,7 +95,9 @@ def _noise(arr: np.ndarray) -> float:
     strokes and light gradients change slowly, so their edges are a minority of the differences."""
     if min(arr.shape) < 2:
         return 0.0
-    diffs = np.concatenate([np.abs(np.diff(arr, axis=0)).ravel(), np.abs(np.diff(arr, axis=1)).ravel()])
+    step = max(1, math.ceil(min(arr.shape) / NOISE_SAMPLE_SIDE))  # every step-th row and column: plenty of pairs
+    rows, cols = arr[::step], arr[:, ::step]
+    diffs = np.concatenate([np.abs(np.diff(cols, axis=0)).ravel(), np.abs(np.diff(rows, axis=1)).ravel()])
     return float(np.median(diffs)) / (0.6745 * math.sqrt(2.0))
 
 
@@ -125,10 +128,20 @@ def _background(bright_ink: np.ndarray) -> np.ndarray:
         if not paper.any():
             break
         order = _surface_order(paper)
-        coef, *_ = np.linalg.lstsq(_surface_terms(ys, xs, h, w, order)[paper], small[paper], rcond=None)
+        coef = _least_squares(_surface_terms(ys, xs, h, w, order)[paper], small[paper])
         surface = _surface_terms(ys, xs, h, w, order) @ coef
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return (_surface_terms(ys, xs, h, w, order) @ coef).astype(np.float32)
+    # the same terms at full size, by broadcasting a column of y against a row of x (no (h, w, terms) array)
+    y = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None] if h > 1 else np.full((1, 1), -1.0, np.float32)
+    x = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :] if w > 1 else np.full((1, 1), -1.0, np.float32)
+    terms = [np.ones((1, 1), np.float32), x, y, x * x, x * y, y * y][:len(coef)]
+    return sum(c * t for c, t in zip(coef, terms)) + np.zeros((h, w), np.float32)
+
+
+def _least_squares(terms: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Normal equations for at most six terms (far cheaper than an SVD here; the terms are well scaled in [-1, 1])."""
+    a = terms.astype(np.float64)
+    gram = a.T @ a + 1e-9 * np.eye(a.shape[1])
+    return np.linalg.solve(gram, a.T @ values.astype(np.float64)).astype(np.float32)
 
 
 def _surface_order(paper: np.ndarray) -> int:
