@@ -33,7 +33,11 @@ Redis errors (connection refused, timeout, loading after a restart) become JobSt
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import logging
+import random
+import time
 from typing import Any, Callable
 
 import redis
@@ -45,7 +49,10 @@ from app.style.jobs import (
     job_inputs, new_job_id, now,
 )
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT_S = 2.0
+STEP_TIMES_RETRY_S = 5.0  # how long a worker keeps retrying a step-time update that other writers keep beating
 SOCKET_TIMEOUT_S = 5.0
 FINISHED_KEEP_MARGIN_S = 3600.0  # finished jobs also expire by themselves this long after RESULT_TTL
 DURATIONS_KEPT = 20
@@ -430,8 +437,9 @@ class RedisJobQueue:
         """Fold measurements into `device`'s model: an optimistic transaction (WATCH), retried when another
         worker updated it in between, so no worker's samples are lost."""
         key = self._key("step_times")
+        deadline = time.monotonic() + STEP_TIMES_RETRY_S
         with self.client.pipeline(transaction=True) as pipe:
-            for _ in range(20):
+            for attempt in itertools.count():
                 try:
                     pipe.watch(key)
                     raw = pipe.hget(key, device)
@@ -442,7 +450,11 @@ class RedisJobQueue:
                     pipe.execute()
                     return
                 except redis.exceptions.WatchError:
-                    continue
+                    if time.monotonic() > deadline:  # only under a storm of writers: an estimate, not a job, is lost
+                        log.warning("step times of %s not recorded: %d conflicting updates in %.0f s",
+                                    device, attempt + 1, STEP_TIMES_RETRY_S)
+                        return
+                    time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))  # jittered: writers stop colliding
 
     @_store_call
     def register_worker(self, worker: str, device: str) -> None:
