@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.preprocessing.decoding import to_rgb
 from models.vgg import LAYER_INDEX, VGG19Features, caffe_preprocess
 
 # Layer sets. DEFAULT_* fit the partial weights (conv1_1..conv3_4); GATYS_* need a full VGG-19 file.
@@ -167,7 +168,7 @@ def fit_size(width: int, height: int, longest: int) -> tuple[int, int]:
 
 def pil_to_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
     """PIL image (any mode) -> (1, 3, H, W) float32 RGB in [0, 1], optionally resized to size=(w, h)."""
-    img = _to_rgb(img)
+    img = to_rgb(img)
     if size is not None and img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -181,17 +182,6 @@ def tensor_to_pil(rgb01: torch.Tensor) -> Image.Image:
         t = t[0]
     arr = (t.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(arr, "RGB")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
 
 
 # ITU-R BT.601 full-range YCbCr (JPEG), on [0, 1] RGB.
