@@ -12,7 +12,7 @@ import pytest
 
 from bench.digit_renderings import RENDERINGS
 from bench.digits_framing import MODELS, run_rendering, sample, target
-from tests.test_e2e import REPO_ROOT, start_server, stop, wait_until_ready
+from tests.test_e2e import REPO_ROOT, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +39,9 @@ def test_allowed_errors_is_a_real_bound():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("digits-framing")
-    process, url = start_server(REPO_ROOT / "weights", tmp / "data", tmp / "server.log", JOB_WORKERS="0")
-    try:
-        wait_until_ready(process, url, tmp / "server.log")
+    with running_server(REPO_ROOT / "weights", tmp_path_factory.mktemp("digits-framing"),
+                        JOB_WORKERS="0") as (_, url, _):
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -65,9 +65,9 @@ def stop(process: subprocess.Popen) -> int:
 
 
 @contextmanager
-def running_server(weights_dir: Path, tmp_path: Path):
+def running_server(weights_dir: Path, tmp_path: Path, **env_overrides: str):
     log_path = tmp_path / "server.log"
-    process, base_url = start_server(weights_dir, tmp_path / "data", log_path)
+    process, base_url = start_server(weights_dir, tmp_path / "data", log_path, **env_overrides)
     try:
         wait_until_ready(process, base_url, log_path)
         yield process, base_url, log_path

@@ -7,7 +7,7 @@ canvas to the server after each stroke; no drawing may be refused, and the digit
 import numpy as np
 import pytest
 
-from tests.test_e2e import REPO_ROOT, start_server, stop, wait_until_ready
+from tests.test_e2e import REPO_ROOT, running_server
 from tests.test_web import ARTIFACTS, TIMEOUT_MS, browser  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -18,14 +18,9 @@ SIZES = [("small", 0.3, 0.35), ("normal", 0.7, 0.15), ("edge", 1.12, -0.06)]
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("web-digits")
-    process, url = start_server(REPO_ROOT / "weights", tmp / "data", tmp / "server.log", DEVICE="cpu",
-                                JOB_WORKERS="0")
-    try:
-        wait_until_ready(process, url, tmp / "server.log")
+    with running_server(REPO_ROOT / "weights", tmp_path_factory.mktemp("web-digits"), DEVICE="cpu",
+                        JOB_WORKERS="0") as (_, url, _):
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
