@@ -17,6 +17,7 @@ from app.api.error_handlers import install_error_handlers
 from app.api.routes import health, metrics, models, sentiment, style
 from app.api.routes.images import image_router
 from app.core.config import Settings
+from app.core.lifecycle import ShutdownSignal, install_signal_chain
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.loading import StartupError, resolve_device
 from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
@@ -31,6 +32,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"  # the browser front end: plai
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    install_signal_chain(app.state.shutdown)  # SIGTERM ends open event streams (app/core/lifecycle.py)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     registry = prepare_registry(settings)
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.shutdown = ShutdownSignal()
     app.state.metrics = Metrics(app)  # a registry per app: several apps in one process do not clash
     # Middleware, innermost first: body limit, API keys (before any body is read), CORS (answers preflights
     # and adds its headers to 401s too), request id + access log + request counter (sees every response).
