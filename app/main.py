@@ -19,10 +19,11 @@ from app.api.routes.images import image_router
 from app.core.config import Settings
 from app.core.lifecycle import ShutdownSignal, install_signal_chain
 from app.core.limits import BodySizeLimitMiddleware
+from app.core.uploads import UploadGuardMiddleware
 from app.core.loading import StartupError, resolve_device
 from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
 from app.core.registry import ModelRegistry
-from app.core.security import APIKeyMiddleware
+from app.core.security import APIKeyMiddleware, parse_api_keys
 from app.style.service import make_style_service
 
 logger = logging.getLogger("app")
@@ -48,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # (JOB_BACKEND=redis); see app/style/service.py.
             style_service = make_style_service(settings, registry.device)
             await style_service.start()
+            style_service.events.close_on(app.state.shutdown)  # open event streams end on SIGTERM
             app.state.style_service = style_service
         yield
     finally:
@@ -85,10 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.shutdown = ShutdownSignal()
     app.state.metrics = Metrics(app)  # a registry per app: several apps in one process do not clash
-    # Middleware, innermost first: body limit, API keys (before any body is read), CORS (answers preflights
-    # and adds its headers to 401s too), request id + access log + request counter (sees every response).
+    # Middleware, innermost first: body limit, body read timeout + upload slots (taken when a body is read),
+    # API keys (before any body is read), CORS (answers preflights and adds its headers to 401s too),
+    # request id + access log + request counter (sees every response).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(APIKeyMiddleware, keys=settings.api_key_list)
+    app.add_middleware(UploadGuardMiddleware, timeout_s=settings.body_timeout_s,
+                       max_concurrent=settings.max_concurrent_uploads, large_bytes=settings.large_upload_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=parse_api_keys(settings.api_key_list))
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],

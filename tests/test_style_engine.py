@@ -3,17 +3,19 @@
 Uses the real partial VGG-19 weights (weights/vgg19_features_0-16.pth) on tiny 64 px images and few steps.
 """
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
 from app.core.loading import sha256_of
-from app.style.engine import (ProgressInfo, StyleCancelled, StyleEngine, StyleParams, gram, pil_to_tensor,
-                              rgb_to_ycbcr, schedule)
+from app.style.engine import (ProgressInfo, StyleCancelled, StyleDiverged, StyleEngine, StyleInputError,
+                              StyleParams, gram, pil_to_tensor, rgb_to_ycbcr, schedule)
 from app.style.presets import PRESETS, list_presets, preset_path
 from models.vgg import (CAFFE_MEAN_BGR, LAYER_INDEX, VGG19Features, caffe_deprocess, caffe_preprocess)
 
@@ -213,6 +215,25 @@ def test_style_blend_weights(engine, content, style):
         StyleParams().blend(0)
 
 
+def test_a_loss_that_stops_being_finite_fails_the_run_naming_the_option(engine, content, style):
+    # Past validation (model_construct), as a stored job from an older server could be: the engine's own guard.
+    params = StyleParams.model_construct(**{**StyleParams(size=64, steps=3).model_dump(), "tv_weight": 1e39})
+    with pytest.raises(StyleDiverged, match="lower tv_weight"):
+        engine.run(content, [style], params)
+
+
+@pytest.mark.parametrize("shape", [(10000, 10), (10, 10000), (5000, 1)])
+def test_content_too_elongated_for_the_size_is_refused_with_the_limit(engine, style, shape):
+    with pytest.raises(StyleInputError, match=r"at least 4 px \(at most about \d+:1"):
+        engine.run(Image.new("RGB", shape, "white"), [style], StyleParams(size=256, steps=2))
+
+
+def test_a_panorama_painting_still_works_at_a_small_style_scale(engine, content):
+    panorama = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 1600, 3), dtype=np.uint8))
+    image = engine.run(content, [panorama], StyleParams(size=64, steps=2, style_scale=0.25))
+    assert max(image.size) == 64
+
+
 def test_layers_beyond_the_partial_weights_are_refused(engine, content, style):
     with pytest.raises(ValueError, match="full VGG-19"):
         engine.run(content, [style], StyleParams(size=64, steps=1, content_layers=["conv4_2"]))
@@ -226,7 +247,9 @@ def test_layers_beyond_the_partial_weights_are_refused(engine, content, style):
     ("style_weight", -1, "greater than or equal to 0"), ("tv_weight", float("nan"), "finite"),
     ("init", "zeros", "'content' or 'noise'"), ("style_scale", 10, "less than or equal to 4"),
     ("style_scale", 0.1, "greater than or equal to 0.25"), ("style_weights", [0, 0], "must not all be 0"),
-    ("style_weights", [1, -1], ">= 0"), ("style_weights", [], "at least 1"),
+    ("style_weights", [1, -1], "between 0 and 1e+06"), ("style_weights", [], "at least 1"),
+    ("style_weights", [1e300, 1e300], "between 0 and 1e+06"), ("tv_weight", 1e39, "less than or equal to 10000"),
+    ("style_weight", 1e39, "less than or equal to 10000"), ("content_weight", 1e308, "less than or equal to 10000"),
     ("content_layers", ["pool1"], "unknown VGG-19 layer"), ("style_layers", ["conv9_9"], "unknown VGG-19 layer"),
     ("seed", -1, "greater than or equal to 0"), ("colour", True, "Extra inputs are not permitted"),
 ])
@@ -235,6 +258,23 @@ def test_params_validation_messages(field, value, needle):
         StyleParams(**{field: value})
     text = str(info.value)
     assert field in text and needle in text
+
+
+FLOAT_OPTIONS = ("style_weight", "content_weight", "tv_weight", "style_scale")
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(FLOAT_OPTIONS), value=st.floats(allow_nan=True, allow_infinity=True))
+def test_every_accepted_number_is_one_float32_computes(field, value):
+    """Any float a client sends is refused (naming the field) or small enough that losses stay finite."""
+    try:
+        params = StyleParams(**{field: value})
+    except ValidationError as exc:
+        assert field in str(exc)
+        return
+    accepted = getattr(params, field)
+    assert math.isfinite(accepted) and 0 <= accepted <= 1e4
+    assert math.isfinite(float(np.float32(accepted)))
 
 
 def test_params_all_zero_weights_refused():

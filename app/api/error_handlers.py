@@ -3,14 +3,17 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from app.core.errors import APIError
 from app.core.observability import REQUEST_ID_HEADER, request_id_var
 from app.style.jobs import JobStoreFull, JobStoreUnavailable
 
 logger = logging.getLogger(__name__)
+CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client hung up before it was answered (never a 5xx)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -18,6 +21,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobStoreUnavailable, job_store_unavailable)
     app.add_exception_handler(JobStoreFull, job_store_full)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
 
@@ -42,8 +46,18 @@ async def job_store_full(request: Request, exc: JobStoreFull) -> JSONResponse:
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+    if errors and all(e["type"] == "json_invalid" for e in errors):  # not JSON at all: a syntax error, 400
+        where = exc.errors()[0].get("ctx", {}).get("error") or errors[0]["msg"]
+        return JSONResponse({"detail": f"the body is not valid JSON ({where})", "errors": errors}, status_code=400)
     detail = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
+    # Nobody reads this answer; it is counted and logged as 499, in one line, apart from the server's errors.
+    logger.info("%s %s: the client closed the connection before its request was read", request.method,
+                request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _location(loc: list) -> str:
@@ -60,10 +74,30 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"not found: {request.url.path}"
-    elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+    headers = exc.headers
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+        headers = {**(exc.headers or {}), "Allow": allowed}
         detail = f"method {request.method} not allowed on {request.url.path}; use {allowed or 'another method'}"
-    return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's 405 names only the first route that matched the
+    path, and GET and DELETE on /v1/style/jobs/{id} are two routes."""
+    probe = {**request.scope, "method": "\x00"}  # matches no route's methods: every path match is PARTIAL
+    return ", ".join(sorted(_methods_at(request.app.router.routes, probe)))
+
+
+def _methods_at(routes: list, probe: dict) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
+        if included is not None:
+            methods |= _methods_at(included.routes, probe)
+        elif getattr(route, "methods", None) and route.matches(probe)[0] is Match.PARTIAL:
+            methods |= route.methods
+    return methods
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest decoded image (width x height)")
     max_batch_items: int = Field(64, ge=1, description="most inputs in one batch request")
     max_text_chars: int = Field(5000, ge=1, description="longest text accepted for sentiment")
+    max_request_chars: int = Field(20_000, ge=1, description="most characters in all the texts of one sentiment "
+                                   "request (a batch of long texts holds the model for seconds): 413 beyond")
 
     batch_max_size: int = Field(32, ge=1, description="most inputs per forward pass; 1 turns batching off")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
@@ -30,16 +32,45 @@ class Settings(BaseSettings):
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
     log_format: str = Field("text", pattern=r"(?i)^(text|json)$", description="text, or json: one JSON object "
                             "per log line")
-    api_keys: str = Field("", description="comma-separated API keys; when set, every /v1 route needs one "
-                          "(Authorization: Bearer <key> or X-API-Key: <key>); empty turns auth off")
+    api_keys: str = Field("", description="comma-separated API keys, each KEY, NAME:KEY or NAME:KEY:admin; when "
+                          "set, every /v1 route needs one (Authorization: Bearer <key> or X-API-Key: <key>), style "
+                          "jobs belong to the key that created them (an admin key sees all) and logs show the "
+                          "name, never the key; empty turns auth off")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: no CORS headers")
     request_timeout_s: float = Field(30.0, gt=0, description="seconds a synchronous predict request may take "
                                      "before it is answered 504")
+
+    # The HTTP server and its connections (app/server/, app/core/uploads.py); `python -m app` reads these.
+    host: str = Field("127.0.0.1", description="address `python -m app` listens on (the image: 0.0.0.0)")
+    port: int = Field(8000, ge=0, le=65535, description="port `python -m app` listens on")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="largest request line plus "
+                                  "headers; more is answered 431 and the connection closed")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a request line and headers may take to "
+                                    "arrive once they begin; then 408 and the connection closed")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="seconds an idle connection stays open: a new "
+                                        "one that sends nothing, or one between two requests")
+    body_timeout_s: float = Field(30.0, gt=0, description="seconds a request body may go without a byte "
+                                  "arriving; then 408 and the connection closed")
+    max_concurrent_uploads: int = Field(16, ge=1, description="large request bodies (over LARGE_UPLOAD_BYTES) "
+                                        "received at once; one more is answered 503 with Retry-After")
+    large_upload_bytes: int = Field(1024 * 1024, ge=0, description="a request body over this many bytes "
+                                    "(declared or streamed) counts against MAX_CONCURRENT_UPLOADS")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, seconds in-flight requests get to "
+                                    "finish; then their connections are closed and the app shuts down")
 
     style_jobs_enabled: bool = Field(True, description="serve /v1/style (style-transfer jobs run by worker processes)")
     job_workers: int = Field(1, ge=0, description="style-transfer worker processes, one job at a time each; "
                              "0 queues jobs without running them")
     max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
+    max_queued_jobs_per_owner: int = Field(4, ge=0, description="with API_KEYS: most style jobs one key may have "
+                                           "waiting (429 beyond); 0: no per-key cap")
+    max_job_pixel_steps: int = Field(1024 * 1024 * 250, ge=1, description="most output pixels x steps in one style "
+                                     "job (default: 1024x1024 px at 250 steps); 422 beyond, naming the largest "
+                                     "steps and size allowed")
+    streams_per_job: int = Field(16, ge=1, description="most open event streams (GET .../events) on one style job "
+                                 "in this process; more are refused with 429")
+    max_event_streams: int = Field(256, ge=1, description="most open event streams in all in this process; more "
+                                   "are refused with 429")
     result_ttl: float = Field(86400, gt=0, description="seconds a finished style job (record, result) is kept")
     job_max_attempts: int = Field(2, ge=1, description="times a style job is started before a job whose worker "
                                   "died (or whose server stopped) is failed: 2 = re-queued once")
@@ -65,6 +96,14 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return _split(self.api_keys)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str) -> str:
+        from app.core.security import parse_api_keys
+
+        parse_api_keys(_split(value))  # a malformed entry stops the server at start, naming the entry
+        return value
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -64,6 +64,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=self.registry)
+        self.caller_requests = Counter("http_requests_by_caller", "HTTP requests by API key name (API_KEYS "
+                                       "set) and status class", ["caller", "status_class"], registry=self.registry)
         self.predict_latency = Histogram("predict_latency_seconds", "Predict request latency by model",
                                          ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.job_duration = Histogram("style_job_duration_seconds", "Run time of finished style jobs (started "
@@ -205,10 +207,14 @@ class RequestContextMiddleware:
         template = _route_template(scope)
         method = scope["method"]
         self.metrics.requests.labels(template, method, str(status)).inc()
+        caller = getattr(scope.get("user"), "name", None)  # an API key's name (app.core.security), never the key
+        if caller is not None:
+            self.metrics.caller_requests.labels(caller, f"{status // 100}xx").inc()
         duration_ms = round(seconds * 1000, 2)
-        access_logger.info("%s %s %d %.2f ms", method, scope["path"], status, duration_ms,
+        shown = f" caller={caller}" if caller else ""
+        access_logger.info("%s %s %d %.2f ms%s", method, scope["path"], status, duration_ms, shown,
                            extra={"request_id": request_id, "method": method, "path": scope["path"],
-                                  "status": status, "duration_ms": duration_ms})
+                                  "status": status, "duration_ms": duration_ms, "caller": caller})
 
 
 def _route_template(scope: Scope) -> str:

@@ -57,10 +57,21 @@ COARSE_CONTENT_BOOST = 8.0  # content weight multiplier at the coarse scale (the
 # too much style there costs content at full size that the refinement cannot win back)
 DETAIL = 1.0  # share of the content's fine detail restored when moving to a finer scale
 MAX_STYLE_PIXELS = 1024 * 1024 * 4  # style_scale cannot make a style image larger than this
+MAX_TV_WEIGHT = 1e4  # like the other weights: a ratio, and far below what float32 losses can hold
+MAX_BLEND_WEIGHT = 1e6  # blend weights are normalised; bounded so their sum stays finite
+MIN_SIDE = 4  # px: the shortest side VGG's two poolings (conv1_1..conv3_4) can take, at every scale
 
 
 class StyleCancelled(Exception):
     """should_stop() returned True: the run was abandoned between two loss evaluations."""
+
+
+class StyleInputError(ValueError):
+    """Inputs or options the engine cannot run with; the message is written for the user."""
+
+
+class StyleDiverged(StyleInputError):
+    """The loss stopped being a finite number: the weights are too large for float32."""
 
 
 class StyleParams(BaseModel):
@@ -78,9 +89,9 @@ class StyleParams(BaseModel):
                                 "the painting, smaller keeps more of the photo")
     content_weight: float = Field(DEFAULT_CONTENT_WEIGHT, ge=0, le=MAX_WEIGHT, allow_inf_nan=False,
                                   description="weight of the content loss (relative, like style_weight)")
-    tv_weight: float = Field(DEFAULT_TV_WEIGHT, ge=0, allow_inf_nan=False,
+    tv_weight: float = Field(DEFAULT_TV_WEIGHT, ge=0, le=MAX_TV_WEIGHT, allow_inf_nan=False,
                              description="weight of the total-variation (smoothness) loss, relative to the "
-                             "photo's own roughness")
+                             f"photo's own roughness (0..{MAX_TV_WEIGHT:g})")
     init: Literal["content", "noise"] = Field("content", description="start from the content photo or from noise")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise init; same seed, inputs and "
                              "device give the same image")
@@ -88,7 +99,8 @@ class StyleParams(BaseModel):
     style_scale: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False, description="size of the style image "
                                "relative to the output (longest sides)")
     style_weights: list[float] | None = Field(None, min_length=1, max_length=MAX_STYLES, description="blend weight "
-                                              "of each style image (normalised to sum 1); default equal weights")
+                                              "of each style image (normalised to sum 1; each 0.."
+                                              f"{MAX_BLEND_WEIGHT:g}); default equal weights")
     content_layers: list[str] | None = Field(None, min_length=1, max_length=8,
                                              description="VGG layers for the content loss (advanced)")
     style_layers: list[str] | None = Field(None, min_length=1, max_length=16,
@@ -99,8 +111,8 @@ class StyleParams(BaseModel):
     def _check_blend(cls, value: list[float] | None) -> list[float] | None:
         if value is None:
             return value
-        if any(not math.isfinite(w) or w < 0 for w in value):
-            raise ValueError("style_weights must be finite and >= 0")
+        if any(not math.isfinite(w) or not 0 <= w <= MAX_BLEND_WEIGHT for w in value):
+            raise ValueError(f"style_weights must each be between 0 and {MAX_BLEND_WEIGHT:g}")
         if sum(value) <= 0:
             raise ValueError("style_weights must not all be 0")
         return value
@@ -124,10 +136,11 @@ class StyleParams(BaseModel):
     def blend(self, n_styles: int) -> list[float]:
         """The normalised blend weights for n_styles style images; ValueError when they do not match."""
         if not 1 <= n_styles <= MAX_STYLES:
-            raise ValueError(f"between 1 and {MAX_STYLES} style images are needed, got {n_styles}")
+            raise StyleInputError(f"between 1 and {MAX_STYLES} style images are needed, got {n_styles}")
         weights = self.style_weights or [1.0] * n_styles
         if len(weights) != n_styles:
-            raise ValueError(f"style_weights has {len(weights)} value(s) but {n_styles} style image(s) were given")
+            raise StyleInputError(f"style_weights has {len(weights)} value(s) but {n_styles} style image(s) were "
+                                  "given")
         total = float(sum(weights))
         return [w / total for w in weights]
 
@@ -350,9 +363,13 @@ class StyleEngine:
         style_layers = params.style_layers or list(self.style_layers)
         for name in content_layers + style_layers:
             if not self.vgg.has_layer(name):
-                raise ValueError(f"layer {name!r} needs a full VGG-19 file; these weights have "
+                raise StyleInputError(f"layer {name!r} needs a full VGG-19 file; these weights have "
                                  f"{self.vgg.layer_names[0]}..{self.vgg.layer_names[-1]}")
         size = params.output_size(self.device)
+        problem = too_thin("content", content.size, size, params.steps) or next(
+            filter(None, (too_thin("style", s.size, size, params.steps, params.style_scale) for s in styles)), None)
+        if problem:
+            raise StyleInputError(problem)
         out_w, out_h = fit_size(*content.size, size)
         stages = schedule(size, params.steps)
         total = sum(n for _, n in stages)
@@ -399,10 +416,17 @@ class StyleEngine:
 
     @staticmethod
     def _style_size(style: Image.Image, longest: int, style_scale: float) -> tuple[int, int]:
+        return StyleEngine._style_size_of(style.size, longest, style_scale)
+
+    @staticmethod
+    def _style_size_of(image_size: tuple[int, int], longest: int, style_scale: float) -> tuple[int, int]:
         target = max(16, round(longest * style_scale))
-        w, h = fit_size(*style.size, target)
+        w, h = fit_size(*image_size, target)
+        if min(w, h) < MIN_SIDE:  # a panorama at a small scale: enlarged until its short side is usable
+            target = math.ceil(MIN_SIDE * max(image_size) / max(1, min(image_size)))
+            w, h = fit_size(*image_size, target)
         if w * h > MAX_STYLE_PIXELS:
-            w, h = fit_size(*style.size, int(target * math.sqrt(MAX_STYLE_PIXELS / (w * h))))
+            w, h = fit_size(*image_size, int(target * math.sqrt(MAX_STYLE_PIXELS / (w * h))))
         return w, h
 
     def _initial(self, init: str, content01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -430,7 +454,9 @@ class StyleEngine:
             loss.backward()
             count += 1
             value = float(loss.detach())
-            if math.isfinite(value) and value < best[0]:
+            if not math.isfinite(value):
+                raise StyleDiverged(diverged_message(parts, objective.weights))
+            if value < best[0]:
                 best = (value, x.detach().clone())
             if on_progress is not None:
                 losses = {k: float(v.detach()) for k, v in parts.items()}
@@ -458,6 +484,39 @@ class StyleEngine:
             with torch.no_grad():
                 x.copy_(best[1])
         return done + count
+
+
+def too_thin(what: str, image_size: tuple[int, int], size: int, steps: int, style_scale: float | None = None
+             ) -> str | None:
+    """Why an image of image_size (w, h) is too elongated for a job of `size` px and `steps`, or None. A style
+    image (style_scale given) is sized like the engine sizes it at each scale."""
+    shortest = None
+    for longest, _ in schedule(size, steps):
+        if style_scale is None:
+            w, h = fit_size(*image_size, longest)
+        else:
+            w, h = StyleEngine._style_size_of(image_size, longest, style_scale)
+        shortest = min(w, h) if shortest is None else min(shortest, w, h)
+    if shortest >= MIN_SIDE:
+        return None
+    width, height = image_size
+    coarsest = schedule(size, steps)[0][0]
+    most = coarsest * (style_scale or 1.0) / MIN_SIDE
+    return (f"the {what} image is {width}x{height} px: at size {size} its short side would be {shortest} px, and "
+            f"style transfer needs at least {MIN_SIDE} px (at most about {most:.0f}:1 at this size); crop it to a "
+            "less elongated shape" + ("" if size >= MAX_SIZE else " or ask for a larger size"))
+
+
+def diverged_message(parts: dict[str, torch.Tensor], weights: tuple[float, float, float]) -> str:
+    """Which option to lower when the loss stopped being finite: the weighted term that is not finite, or the
+    largest one (the sum of finite terms can overflow too)."""
+    weighted = {"content_weight": weights[0] * float(parts["content"].detach()),
+                "style_weight": weights[1] * float(parts["style"].detach()),
+                "tv_weight": weights[2] * float(parts["tv"].detach())}
+    bad = [name for name, value in weighted.items() if not math.isfinite(value)]
+    named = " and ".join(bad) if bad else max(weighted, key=lambda name: abs(weighted[name]))
+    return (f"the optimisation diverged (its loss stopped being a finite number); lower {named} and submit the "
+            "job again")
 
 
 class _BudgetSpent(Exception):

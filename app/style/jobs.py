@@ -49,12 +49,14 @@ WORKER_DIED = "the worker process running this job died"
 
 
 class QueueFull(Exception):
-    """MAX_QUEUED_JOBS jobs are already waiting."""
+    """MAX_QUEUED_JOBS jobs are already waiting (or, with `owner`, MAX_QUEUED_JOBS_PER_OWNER of that owner's)."""
 
-    def __init__(self, queued: int, limit: int):
-        super().__init__(f"{queued} jobs are queued; the limit is {limit} (MAX_QUEUED_JOBS)")
+    def __init__(self, queued: int, limit: int, owner: str | None = None):
+        setting = "MAX_QUEUED_JOBS_PER_OWNER" if owner else "MAX_QUEUED_JOBS"
+        super().__init__(f"{queued} jobs are queued; the limit is {limit} ({setting})")
         self.queued = queued
         self.limit = limit
+        self.owner = owner
 
 
 class JobNotFound(KeyError):
@@ -113,6 +115,7 @@ class Job:
     has_preview: bool = False
     queue_position: int | None = None  # 1-based while queued
     seq: int = 0
+    owner: str | None = None  # the API key name that submitted it (None without API_KEYS)
 
     @property
     def finished(self) -> bool:
@@ -131,10 +134,11 @@ class JobQueue(Protocol):
 
     def read_file(self, job_id: str, name: str) -> bytes | None: ...
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
-               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None) -> Job: ...
+               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None,
+               owner: str | None = None, max_queued_per_owner: int = 0) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
-    def list(self, limit: int, offset: int) -> tuple[list[Job], int]: ...
-    def count(self, status: str) -> int: ...
+    def list(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]: ...
+    def count(self, status: str, owner: str | None = None) -> int: ...
     def cancel(self, job_id: str) -> Job | None: ...
     def delete(self, job_id: str) -> bool: ...
     def should_stop(self, job_id: str, worker: str | None = None) -> bool: ...
@@ -172,7 +176,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
-    has_preview INTEGER NOT NULL DEFAULT 0
+    has_preview INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
@@ -183,7 +188,7 @@ CREATE TABLE IF NOT EXISTS step_times (
 """
 
 _COLUMNS = ("seq, id, status, params, inputs, created_at, started_at, finished_at, step, total, losses, error, "
-            "attempts, cancel_requested, worker, has_preview")
+            "attempts, cancel_requested, worker, has_preview, owner")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -231,6 +236,10 @@ class SQLiteJobQueue:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:  # a DATA_DIR written before jobs had owners
+                conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs (owner, seq)")
         finally:
             conn.close()
 
@@ -291,7 +300,7 @@ class SQLiteJobQueue:
             created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
             step=row["step"], total=row["total"], losses=json.loads(row["losses"]) if row["losses"] else None,
             error=row["error"], attempts=row["attempts"], cancel_requested=bool(row["cancel_requested"]),
-            worker=row["worker"], has_preview=bool(row["has_preview"]), seq=row["seq"],
+            worker=row["worker"], has_preview=bool(row["has_preview"]), seq=row["seq"], owner=row["owner"],
         )
 
     def _with_position(self, job: Job, conn: sqlite3.Connection | None = None) -> Job:
@@ -304,8 +313,10 @@ class SQLiteJobQueue:
     # ------------------------------------------------------------------ API side
 
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
-               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None) -> Job:
-        """Write the input files, then insert the queued row if fewer than `max_queued` jobs are waiting.
+               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None,
+               owner: str | None = None, max_queued_per_owner: int = 0) -> Job:
+        """Write the input files, then insert the queued row if fewer than `max_queued` jobs are waiting (and,
+        for an owner with max_queued_per_owner > 0, fewer than that many of the owner's).
 
         `content` is (filename, bytes); each style is {"preset": name} or {"file": filename, "data": bytes}."""
         job_id = job_id or new_job_id()
@@ -321,9 +332,15 @@ class SQLiteJobQueue:
                 queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
                 if queued >= max_queued:
                     raise QueueFull(queued, max_queued)
+                if owner is not None and max_queued_per_owner > 0:
+                    mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND owner = ?",
+                                        (QUEUED, owner)).fetchone()[0]
+                    if mine >= max_queued_per_owner:
+                        raise QueueFull(mine, max_queued_per_owner, owner)
                 conn.execute(
-                    "INSERT INTO jobs (id, status, params, inputs, created_at, total) VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, QUEUED, json.dumps(params), json.dumps(inputs), now(), int(total)))
+                    "INSERT INTO jobs (id, status, params, inputs, created_at, total, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, QUEUED, json.dumps(params), json.dumps(inputs), now(), int(total), owner))
                 row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 return self._with_position(self._row_to_job(row), conn)
         except BaseException:
@@ -334,21 +351,25 @@ class SQLiteJobQueue:
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._with_position(self._row_to_job(row)) if row else None
 
-    def list(self, limit: int, offset: int) -> tuple[list[Job], int]:
-        """Newest first, and the total number of jobs."""
+    def list(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
+        """Newest first, and the total number of jobs (of `owner` only, when given)."""
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         conn = self._conn
         conn.execute("BEGIN")  # one snapshot for the page and the total
         try:
-            total = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?",
-                                (limit, offset)).fetchall()
+            total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
             jobs = [self._with_position(self._row_to_job(row), conn) for row in rows]
         finally:
             conn.execute("COMMIT")
         return jobs, total
 
-    def count(self, status: str) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+    def count(self, status: str, owner: str | None = None) -> int:
+        if owner is None:
+            return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND owner = ?",
+                                  (status, owner)).fetchone()[0]
 
     def cancel(self, job_id: str) -> Job | None:
         """Queued or running -> cancelled (a running job's worker stops at its next step). None when unknown;

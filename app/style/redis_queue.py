@@ -7,6 +7,7 @@ the job's files live in Redis under REDIS_NAMESPACE (default "model-server"):
     <ns>:job:<id>:files    hash: file name -> bytes (uploaded inputs, the latest preview, the result)
     <ns>:seq               counter: submission order (and queue order)
     <ns>:jobs              sorted set of every job id by submission order (the listing, newest first)
+    <ns>:owned:<owner>     sorted set of the job ids of one owner (API key name), like <ns>:jobs
     <ns>:queued            sorted set of queued job ids by queue order (queue_position = rank + 1)
     <ns>:running           set of running job ids
     <ns>:finished          sorted set of finished job ids by finish time (RESULT_TTL clean-up, metrics)
@@ -88,21 +89,34 @@ local function requeue(id, notice)
   redis.call('srem', ns .. ':running', id)
   redis.call('zadd', ns .. ':queued', redis.call('incr', ns .. ':seq'), id)
 end
+local function forget_owner(id)
+  local owner = redis.call('hget', jkey(id), 'owner')
+  if owner and owner ~= '' then redis.call('zrem', ns .. ':owned:' .. owner, id) end
+end
 local function owned(id, worker)
   local rec = redis.call('hmget', jkey(id), 'status', 'worker')
   return rec[1] == 'running' and rec[2] == worker
 end
 """
 
-# ARGV: ns, id, max_queued, field, value, ...  ->  {1, seq} or {0, queued}
+# ARGV: ns, id, max_queued, owner ('' for none), max_per_owner (0: no cap), field, value, ...
+#   ->  {1, seq}, {0, queued} (queue full) or {2, the owner's queued} (the owner's share full)
 _SUBMIT = _LUA_COMMON + """
-local id, max_queued = ARGV[2], tonumber(ARGV[3])
+local id, max_queued, owner, max_mine = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local queued = redis.call('zcard', ns .. ':queued')
 if queued >= max_queued then return {0, queued} end
+if owner ~= '' and max_mine > 0 then
+  local mine = 0  -- the queue holds at most MAX_QUEUED_JOBS ids: counting them is cheap
+  for _, other in ipairs(redis.call('zrange', ns .. ':queued', 0, -1)) do
+    if redis.call('hget', jkey(other), 'owner') == owner then mine = mine + 1 end
+  end
+  if mine >= max_mine then return {2, mine} end
+end
 local seq = redis.call('incr', ns .. ':seq')
-redis.call('hset', jkey(id), 'seq', seq, unpack(ARGV, 4))
+redis.call('hset', jkey(id), 'seq', seq, 'owner', owner, unpack(ARGV, 6))
 redis.call('zadd', ns .. ':jobs', seq, id)
 redis.call('zadd', ns .. ':queued', seq, id)
+if owner ~= '' then redis.call('zadd', ns .. ':owned:' .. owner, seq, id) end
 return {1, seq}
 """
 
@@ -216,6 +230,7 @@ local id = ARGV[2]
 local status = redis.call('hget', jkey(id), 'status')
 if not status then return 0 end
 if not is_finished(status) then return status end
+forget_owner(id)
 redis.call('del', jkey(id), fkey(id))
 redis.call('zrem', ns .. ':jobs', id)
 redis.call('zrem', ns .. ':finished', id)
@@ -226,6 +241,7 @@ return 1
 _CLEANUP = _LUA_COMMON + """
 local ids = redis.call('zrangebyscore', ns .. ':finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
 for _, id in ipairs(ids) do
+  forget_owner(id)
   redis.call('del', jkey(id), fkey(id))
   redis.call('zrem', ns .. ':jobs', id)
   redis.call('zrem', ns .. ':finished', id)
@@ -304,6 +320,7 @@ class RedisJobQueue:
             losses=json.loads(r["losses"]) if r.get("losses") else None, error=r.get("error") or None,
             attempts=int(r.get("attempts") or 0), cancel_requested=r.get("cancel_requested") == "1",
             worker=r.get("worker") or None, has_preview=r.get("has_preview") == "1", seq=int(r["seq"]),
+            owner=r.get("owner") or None,
             queue_position=position + 1 if status == QUEUED and position is not None else None)
 
     def _jobs(self, ids: list[str]) -> list[Job | None]:
@@ -319,7 +336,8 @@ class RedisJobQueue:
 
     @_store_call
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
-               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None) -> Job:
+               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None,
+               owner: str | None = None, max_queued_per_owner: int = 0) -> Job:
         job_id = job_id or new_job_id()
         files = {content[0]: content[1], **{s["file"]: s["data"] for s in styles if "data" in s}}
         inputs = job_inputs(content, styles, content_size)
@@ -327,24 +345,29 @@ class RedisJobQueue:
                   "created_at": repr(now()), "total": int(total), "step": 0, "attempts": 0}
         self.client.hset(self._key("job", job_id, "files"), mapping=files)
         try:
-            accepted, number = self._run("submit", job_id, max_queued, *_flatten(record))
-            if not accepted:
+            accepted, number = self._run("submit", job_id, max_queued, owner or "", max_queued_per_owner,
+                                         *_flatten(record))
+            if accepted == 0:
                 raise QueueFull(number, max_queued)
+            if accepted == 2:
+                raise QueueFull(number, max_queued_per_owner, owner)
             self.dispatch(job_id)
         except BaseException:
-            self._forget(job_id)
+            self._forget(job_id, owner)
             raise
         job = self.get(job_id)
         assert job is not None
         return job
 
-    def _forget(self, job_id: str) -> None:
+    def _forget(self, job_id: str, owner: str | None = None) -> None:
         """Undo a submit that could not be completed (best effort: Redis may be the reason)."""
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self._key("job", job_id), self._key("job", job_id, "files"))
             pipe.zrem(self._key("jobs"), job_id)
             pipe.zrem(self._key("queued"), job_id)
+            if owner:
+                pipe.zrem(self._key("owned", owner), job_id)
             pipe.execute()
         except redis.exceptions.RedisError:
             pass
@@ -354,22 +377,33 @@ class RedisJobQueue:
         return self._jobs([job_id])[0]
 
     @_store_call
-    def list(self, limit: int, offset: int) -> tuple[list[Job], int]:
-        """Newest first, and the total number of jobs (ids whose record expired are dropped from the index)."""
-        ids = [i.decode() for i in self.client.zrevrange(self._key("jobs"), offset, offset + limit - 1)]
+    def list(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
+        """Newest first, and the total number of jobs, of `owner` only when given (ids whose record expired are
+        dropped from the index)."""
+        index = self._key("owned", owner) if owner is not None else self._key("jobs")
+        ids = [i.decode() for i in self.client.zrevrange(index, offset, offset + limit - 1)]
         jobs = self._jobs(ids)
         expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
         if expired:
-            self.client.zrem(self._key("jobs"), *expired)
-        return [job for job in jobs if job is not None], self.client.zcard(self._key("jobs"))
+            self.client.zrem(index, *expired)
+        return [job for job in jobs if job is not None], self.client.zcard(index)
 
     @_store_call
-    def count(self, status: str) -> int:
-        if status == QUEUED:
+    def count(self, status: str, owner: str | None = None) -> int:
+        if status == QUEUED and owner is None:
             return self.client.zcard(self._key("queued"))
-        if status == RUNNING:
+        if status == RUNNING and owner is None:
             return self.client.scard(self._key("running"))
-        raise ValueError(f"count() knows queued and running, not {status!r}")
+        if status == QUEUED:
+            ids = self.client.zrange(self._key("queued"), 0, -1)
+        elif status == RUNNING:
+            ids = self.client.smembers(self._key("running"))
+        else:
+            raise ValueError(f"count() knows queued and running, not {status!r}")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self._key("job", job_id.decode()), "owner")
+        return sum(1 for found in pipe.execute() if found is not None and found.decode() == owner)
 
     @_store_call
     def read_file(self, job_id: str, name: str) -> bytes | None:

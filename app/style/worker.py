@@ -219,7 +219,7 @@ class JobRunner:
 
     def run(self, job) -> None:
         from app.core.errors import APIError
-        from app.style.engine import StyleCancelled
+        from app.style.engine import StyleCancelled, StyleInputError
 
         started = time.monotonic()
         logger.info("worker %s: job %s started (attempt %d)", self.id, job.id, job.attempts)
@@ -251,7 +251,7 @@ class JobRunner:
                 logger.info("worker %s: job %s cancelled", self.id, job.id)
         except APIError as exc:  # an input that no longer decodes (validated at submit, so rare)
             self.store.fail(job.id, f"bad input: {exc.detail}", self.id)
-        except ValueError as exc:  # options the engine refuses (layers a partial VGG lacks, style count)
+        except StyleInputError as exc:  # options the engine refuses (layers a partial VGG lacks, a diverged loss)
             self.store.fail(job.id, str(exc), self.id)
         except ParentGone:
             raise
@@ -270,8 +270,10 @@ class JobRunner:
             size = job.params.get("size")
             message = f"out of memory at size {size}; try a smaller size"
         else:
+            # The traceback goes to the log; the job's error is for its user, who cannot act on library internals.
             logger.exception("worker %s: job %s failed", self.id, job.id)
-            message = f"style transfer failed: {type(exc).__name__}: {exc}"
+            message = (f"style transfer failed with an internal error (logged on the server with job id {job.id}); "
+                       "retry, or report it with the job id")
         self.store.fail(job.id, message, self.id)
 
     def inputs(self, job):

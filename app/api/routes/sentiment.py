@@ -1,4 +1,5 @@
 """Sentence sentiment route."""
+import codecs
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -8,11 +9,16 @@ from app.api.inference import Inputs, media_type, parse_body, payload_inputs, pr
 from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPayload, error_responses
 from app.core.config import Settings
 from app.core.observability import TimedRoute
-from app.core.errors import BadInput, UnsupportedMediaType
+from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.core.registry import ServedModel
 
 TASK = "sentiment"
 ACCEPTED = "application/json ({\"text\": ...} or {\"texts\": [...]}) or text/plain"
+# Text charsets a text/plain body may name. Python's codec registry also holds codecs that are not charsets
+# (punycode, idna, rot13, base64...): they fail in ways that are not decode errors, so only these are looked up.
+CHARSETS = {codecs.lookup(name).name: name for name in (
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "ascii", "iso-8859-1",
+    "iso-8859-15", "windows-1252")}
 
 TEXT_REQUEST_BODY = {
     "required": True,
@@ -38,6 +44,7 @@ async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimite
                   top_k: TopKQuery = None) -> dict:
     top_k = checked_top_k(served, top_k)
     inputs = await read_text_inputs(request, settings)
+    check_total_chars(inputs.items, settings.max_request_chars)
     return await predict_all(served, inputs, served.handler.decode_request, top_k, limiter)
 
 
@@ -59,10 +66,23 @@ def _charset(request: Request) -> str:
     return "utf-8"
 
 
+def check_total_chars(texts: list[str], limit: int) -> None:
+    """One request's texts together: a batch of long texts costs seconds of the model, shared by everyone."""
+    total = sum(len(text) for text in texts)
+    if total > limit:
+        raise PayloadTooLarge(f"the texts of this request have {total:,} characters in all; one request may carry "
+                              f"at most {limit:,} (MAX_REQUEST_CHARS): send the batch in smaller parts")
+
+
 def _decode_text(body: bytes, charset: str) -> str:
     try:
-        return body.decode(charset)
+        codec = codecs.lookup(charset).name
     except LookupError:
-        raise UnsupportedMediaType(f"unknown charset '{charset}'; send UTF-8 text") from None
+        codec = None
+    if codec not in CHARSETS:
+        raise UnsupportedMediaType(f"unsupported charset '{charset}'; send text/plain in one of "
+                                   f"{', '.join(CHARSETS.values())} (UTF-8 when no charset is given)")
+    try:
+        return body.decode(codec)
     except UnicodeDecodeError as exc:
-        raise BadInput(f"body is not valid {charset} text ({exc.reason} at byte {exc.start})") from None
+        raise BadInput(f"the body is not valid {CHARSETS[codec]} text ({exc.reason} at byte {exc.start})") from None

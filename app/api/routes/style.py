@@ -9,6 +9,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -28,17 +29,16 @@ from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.inference import media_type, unsupported
 from app.api.schemas import ErrorBody, ValidationErrorBody
 from app.core.errors import APIError, NotFound, ServiceUnavailable
+from app.core.security import Caller, caller_of
 from app.preprocessing.decoding import open_image
 from app.style import jobs as J
-from app.style.engine import MAX_STYLES, StyleParams
+from app.style.engine import MAX_STYLES, StyleParams, fit_size, too_thin
 from app.style.service import AnyStyleService
 
 logger = logging.getLogger("app.style")
 PREFIX = "/v1/style"
 MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
-SSE_POLL_S = 0.2  # how often an event stream looks at its job
 SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
-SSE_STORE_RETRY_S = 1.0  # how often a stream retries a job store that is unreachable
 OPTION_FIELDS = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
                  "style_scale")
 LIST_FIELDS = ("style_weights", "content_layers", "style_layers")  # repeated or comma-separated
@@ -74,6 +74,7 @@ class StyleJob(BaseModel):
     result_url: str | None = Field(description="the PNG, once succeeded")
     preview_url: str | None = Field(description="the latest intermediate PNG, once there is one")
     events_url: str
+    owner: str | None = Field(None, description="the name of the API key that submitted it (null without API_KEYS)")
     eta_s: float | None = Field(None, description="seconds until this job finishes, while queued or running: the "
                                 "remaining work of the jobs ahead of it plus its own, priced with the step times "
                                 "measured on the device that runs it; null once finished (or when no worker runs "
@@ -105,6 +106,7 @@ class StyleOptions(BaseModel):
     max_upload_bytes: int = Field(description="largest request body (MAX_UPLOAD_BYTES)")
     max_upload_mb: float = Field(description="the same in MiB (the page's 'MB')")
     max_image_pixels: int = Field(description="largest image, width x height (MAX_IMAGE_PIXELS)")
+    max_job_pixel_steps: int = Field(description="most output pixels x steps in one job (MAX_JOB_PIXEL_STEPS)")
 
 
 class StyleJobList(BaseModel):
@@ -134,7 +136,9 @@ def _errors(*codes: int, **descriptions: str) -> dict[int, dict]:
              410: "the job failed or was cancelled: it will never have a result",
              413: "body over MAX_UPLOAD_BYTES or image over MAX_IMAGE_PIXELS",
              415: "not multipart/form-data, or a file that is not a supported image",
-             422: "invalid options, unknown preset, no style", 429: "MAX_QUEUED_JOBS jobs are queued (Retry-After)",
+             422: "invalid options, unknown preset, no style, a job costing more than MAX_JOB_PIXEL_STEPS, an image "
+                  "too elongated for the size",
+             429: "MAX_QUEUED_JOBS jobs are queued, or MAX_QUEUED_JOBS_PER_OWNER of this API key's (Retry-After)",
              503: "the server is starting, or the job store (Redis) is unreachable (Retry-After)",
              507: "no space left in the job store (DATA_DIR volume, or Redis memory) for the job (Retry-After)"}
     return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": texts[code]}
@@ -183,14 +187,21 @@ def job_view(job: J.Job, base: str, board: J.EtaBoard | None = None) -> dict:
         "id": job.id, "status": job.status, "queue_position": job.queue_position,
         "progress": {"step": job.step, "total": job.total, "fraction": job.fraction},
         "created_at": J.iso(job.created_at), "started_at": J.iso(job.started_at),
-        "finished_at": J.iso(job.finished_at), "params": job.params, "losses": job.losses,
+        "finished_at": J.iso(job.finished_at), "params": job.params, "losses": finite_losses(job.losses),
         "error": job.error if failed else None, "notice": None if failed else job.error,
         "attempts": job.attempts,
         "result_url": f"{url}/result" if job.status == J.SUCCEEDED else None,
         "preview_url": f"{url}/preview" if job.has_preview or job.status == J.SUCCEEDED else None,
-        "events_url": f"{url}/events",
+        "events_url": f"{url}/events", "owner": job.owner,
         "eta_s": board.for_job(job) if board is not None else None,
     }
+
+
+def finite_losses(losses: dict | None) -> dict | None:
+    """Losses as JSON can carry them: a value that is not finite is left out (JSON has no NaN or Infinity)."""
+    if losses is None:
+        return None
+    return {name: value for name, value in losses.items() if isinstance(value, (int, float)) and math.isfinite(value)}
 
 
 async def _board(service: AnyStyleService, fresh: bool = False) -> J.EtaBoard | None:
@@ -209,11 +220,23 @@ async def _store(service: AnyStyleService, method: str, *args):
     return await anyio.to_thread.run_sync(getattr(service.store, method), *args)
 
 
-async def _job_or_404(service: AnyStyleService, job_id: str) -> J.Job:
+async def _job_or_404(service: AnyStyleService, job_id: str, request: Request | None = None) -> J.Job:
+    """The job, if the caller may see it: with API_KEYS a job belongs to the key that submitted it, and another
+    owner's job is answered exactly like an unknown one (404), so ids cannot be probed."""
     job = await _store(service, "get", job_id)
-    if job is None:
+    if job is None or (request is not None and not _may_see(caller_of(request.scope), job)):
         raise NotFound(f"no style job {job_id!r} (unknown, deleted, or expired after RESULT_TTL)")
     return job
+
+
+def _may_see(caller: Caller | None, job: J.Job) -> bool:
+    return caller is None or caller.admin or job.owner == caller.name
+
+
+def _listed_owner(request: Request) -> str | None:
+    """Whose jobs a listing shows: the caller's, or everyone's (no API_KEYS, or an admin key)."""
+    caller = caller_of(request.scope)
+    return None if caller is None or caller.admin else caller.name
 
 
 def _presets_module():
@@ -251,9 +274,16 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
                            "extra_forbidden")
         content, styles = await _read_files(items)
     params, options = _parse_options(items, styles, service)
+    caller = caller_of(request.scope)
+    owner = caller.name if caller is not None else None
+    per_owner = settings.max_queued_jobs_per_owner if owner is not None else 0
     queued = await _store(service, "count", J.QUEUED)
     if queued >= settings.max_queued_jobs:
-        raise _queue_full(service, queued, settings.max_queued_jobs)
+        raise _queue_full(service, J.QueueFull(queued, settings.max_queued_jobs))
+    if per_owner:
+        mine = await _store(service, "count", J.QUEUED, owner)
+        if mine >= per_owner:
+            raise _queue_full(service, J.QueueFull(mine, per_owner, owner))
 
     async def check(field: str, data: bytes) -> tuple[str, tuple[int, int]]:
         try:
@@ -263,19 +293,24 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
         return (img.format or "img").lower(), img.size
 
     content_ext, content_size = await check("content", content[1])
+    _check_cost(content_size, params, settings.max_job_pixel_steps)
+    _check_shape("content", content_size, params)
     stored_styles = []
     for index, style in enumerate(styles):
         if "data" in style:
-            ext, _ = await check(f"style[{index}]" if len(styles) > 1 else "style", style["data"])
+            field = f"style[{index}]" if len(styles) > 1 else "style"
+            ext, style_size = await check(field, style["data"])
+            _check_shape(field, style_size, params, style=True)
             stored_styles.append({"file": f"style_{index}.{ext}", "data": style["data"]})
         else:
             stored_styles.append(style)
     try:
         job = await anyio.to_thread.run_sync(
             lambda: service.store.submit(params, params["steps"], (f"content.{content_ext}", content[1]),
-                                         stored_styles, settings.max_queued_jobs, content_size=content_size))
+                                         stored_styles, settings.max_queued_jobs, content_size=content_size,
+                                         owner=owner, max_queued_per_owner=per_owner))
     except J.QueueFull as exc:
-        raise _queue_full(service, exc.queued, exc.limit) from None
+        raise _queue_full(service, exc) from None
     except (OSError, sqlite3.OperationalError) as exc:
         if not _disk_full(exc):
             raise
@@ -295,9 +330,36 @@ def _disk_full(exc: BaseException) -> bool:
     return "disk is full" in str(exc)  # sqlite3: SQLITE_FULL
 
 
-def _queue_full(service: AnyStyleService, queued: int, limit: int) -> APIError:
-    return APIError(f"the style queue is full ({queued} jobs waiting, MAX_QUEUED_JOBS={limit}); retry later",
-                    429, {"Retry-After": str(service.retry_after_s())})
+def _queue_full(service: AnyStyleService, full: J.QueueFull) -> APIError:
+    if full.owner is not None:
+        message = (f"you have {full.queued} style jobs waiting, the most one API key may queue "
+                   f"(MAX_QUEUED_JOBS_PER_OWNER={full.limit}); submit more when one has started")
+    else:
+        message = f"the style queue is full ({full.queued} jobs waiting, MAX_QUEUED_JOBS={full.limit}); retry later"
+    return APIError(message, 429, {"Retry-After": str(service.retry_after_s())})
+
+
+def _check_cost(content_size: tuple[int, int], params: dict, limit: int) -> None:
+    """Output pixels x steps: one job may not hold a worker for hours while everyone else waits."""
+    width, height = fit_size(*content_size, params["size"])
+    cost = width * height * params["steps"]
+    if cost <= limit:
+        return
+    most_steps = limit // (width * height)
+    scale = math.sqrt(limit / cost)
+    most_size = max(1, int(params["size"] * scale))
+    advice = f"use at most {most_steps} steps at size {params['size']}" if most_steps >= 1 else ""
+    advice += (" or " if advice else "") + f"a size of at most {most_size} at {params['steps']} steps"
+    raise _invalid("steps", f"this job is {width}x{height} px x {params['steps']} steps = {cost / 1e6:,.0f} "
+                            f"megapixel-steps; one job may cost at most {limit / 1e6:,.0f} (MAX_JOB_PIXEL_STEPS): "
+                            f"{advice}", "less_than_equal")
+
+
+def _check_shape(field: str, image_size: tuple[int, int], params: dict, style: bool = False) -> None:
+    problem = too_thin("style" if style else "content", image_size, params["size"], params["steps"],
+                       params["style_scale"] if style else None)
+    if problem:
+        raise _invalid(field, problem)
 
 
 async def _read_files(items: list[tuple[str, Any]]) -> tuple[tuple[str, bytes], list[dict]]:
@@ -380,7 +442,7 @@ def _parse_options(items: list[tuple[str, Any]], styles: list[dict], service: An
 async def list_jobs(request: Request, service: ServiceDep,
                     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
                     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="jobs to skip")] = 0) -> dict:
-    jobs, total = await _store(service, "list", limit, offset)
+    jobs, total = await _store(service, "list", limit, offset, _listed_owner(request))
     base = _base(request)
     following = offset + len(jobs)
     board = await _board(service) if any(not job.finished for job in jobs) else None
@@ -390,7 +452,7 @@ async def list_jobs(request: Request, service: ServiceDep,
 
 @router.get("/jobs/{job_id}", response_model=StyleJob, summary="One style job", responses=_errors(404, 503))
 async def get_job(job_id: str, request: Request, service: ServiceDep) -> dict:
-    job = await _job_or_404(service, job_id)
+    job = await _job_or_404(service, job_id, request)
     return job_view(job, _base(request), None if job.finished else await _board(service))
 
 
@@ -404,9 +466,10 @@ def _png(data: bytes, cache: str) -> Response:
 
 def _not_ready(job: J.Job, what: str) -> APIError:
     if job.status == J.QUEUED:
-        return APIError(f"job {job.id} is queued (position {job.queue_position}); {what} is not ready yet", 409)
+        return APIError(f"job {job.id} is queued (position {job.queue_position}); its {what} is not ready yet", 409)
     if job.status == J.RUNNING:
-        return APIError(f"job {job.id} is running (step {job.step} of {job.total}); {what} is not ready yet", 409)
+        return APIError(f"job {job.id} is running (step {job.step} of {job.total}); its {what} is not ready yet",
+                        409)
     why = f"failed: {job.error}" if job.status == J.FAILED else "was cancelled"
     return APIError(f"job {job.id} {why}; it has no {what} and never will (410 Gone)", 410)
 
@@ -414,10 +477,10 @@ def _not_ready(job: J.Job, what: str) -> APIError:
 @router.get("/jobs/{job_id}/result", summary="The stylised image (PNG)", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "longest side = size, aspect kept"},
                        **_errors(404, 409, 410, 503)})
-async def get_result(job_id: str, service: ServiceDep) -> Response:
-    job = await _job_or_404(service, job_id)
+async def get_result(job_id: str, request: Request, service: ServiceDep) -> Response:
+    job = await _job_or_404(service, job_id, request)
     if job.status != J.SUCCEEDED:
-        raise _not_ready(job, "a result")
+        raise _not_ready(job, "result")
     data = await _read_file(service, job_id, J.RESULT_FILE)
     if data is None:
         raise NotFound(f"the result of job {job_id} is gone (deleted or expired)")
@@ -427,8 +490,8 @@ async def get_result(job_id: str, service: ServiceDep) -> Response:
 @router.get("/jobs/{job_id}/preview", summary="The latest intermediate image (PNG)", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "the final result once succeeded"},
                        **_errors(404, 409, 503)})
-async def get_preview(job_id: str, service: ServiceDep) -> Response:
-    job = await _job_or_404(service, job_id)
+async def get_preview(job_id: str, request: Request, service: ServiceDep) -> Response:
+    job = await _job_or_404(service, job_id, request)
     name = J.RESULT_FILE if job.status == J.SUCCEEDED else J.PREVIEW_FILE
     data = await _read_file(service, job_id, name) if job.has_preview or job.status == J.SUCCEEDED else None
     if data is None:
@@ -441,65 +504,31 @@ async def get_preview(job_id: str, service: ServiceDep) -> Response:
 
 # --------------------------------------------------------------------------------------------- events
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
 @router.get("/jobs/{job_id}/events", summary="Server-sent events: progress and status changes",
             response_class=StreamingResponse,
             description="`event: status` (data: the job JSON) at the start and at every status change, "
                         "`event: progress` (data: {id, step, total, fraction, losses, preview_url, eta_s}) as steps "
-                        "complete, a `: keep-alive` comment every 15 s; the stream ends after the final status.",
-            responses={200: {"content": {"text/event-stream": {}}}, **_errors(404, 503)})
+                        "complete, a `: keep-alive` comment every 15 s; the stream ends after the final status "
+                        "(`{id, status: \"deleted\"}` when the job is deleted). When the server stops, every open "
+                        "stream gets `event: shutdown` (data: {id, status, detail}, with a `retry:` hint) and ends: "
+                        "reconnect to follow the job. One watcher per job serves all its streams; at most "
+                        "STREAMS_PER_JOB streams per job and MAX_EVENT_STREAMS in all (429 with Retry-After beyond).",
+            responses={200: {"content": {"text/event-stream": {}}}, **_errors(404, 503),
+                       429: {"model": ErrorBody, "description": "STREAMS_PER_JOB streams are open on this job, or "
+                             "MAX_EVENT_STREAMS in all (Retry-After)"}})
 async def job_events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
     first = await _job_or_404(service, job_id)
+    board = None
+    if not first.finished:
+        with suppress(J.JobStoreUnavailable):  # the estimate is dropped, not the stream
+            board = await _board(service)
+    hub = service.events  # app/style/events.py: the job's shared watcher
+    listener = None if first.finished else hub.join(job_id)  # 429 past STREAMS_PER_JOB or MAX_EVENT_STREAMS
     base = _base(request)
-
-    async def stream():
-        job: J.Job | None = first
-        sent_status: tuple | None = None
-        sent_step: int | None = None
-        last_sent = time.monotonic()
-        while True:
-            if job is None:
-                yield _sse("status", {"id": job_id, "status": "deleted"})
-                return
-            chunks = []
-            progressed = job.step > 0 and job.step != sent_step
-            moved = (job.status, job.queue_position) != sent_status
-            board = None
-            if (progressed or moved) and not job.finished:
-                with suppress(J.JobStoreUnavailable):  # the estimate is dropped, not the stream
-                    board = await _board(service)
-            if progressed:
-                sent_step = job.step
-                view = job_view(job, base, board)
-                chunks.append(_sse("progress", {"id": job.id, **view["progress"], "losses": job.losses,
-                                                "preview_url": view["preview_url"], "eta_s": view["eta_s"]}))
-            if moved:
-                sent_status = (job.status, job.queue_position)
-                chunks.append(_sse("status", job_view(job, base, board)))
-            if chunks:
-                last_sent = time.monotonic()
-                yield "".join(chunks)
-            if job.finished:
-                return
-            if time.monotonic() - last_sent >= SSE_KEEPALIVE_S:
-                last_sent = time.monotonic()
-                yield ": keep-alive\n\n"
-            await asyncio.sleep(SSE_POLL_S)
-            if await request.is_disconnected():
-                return
-            try:
-                job = await _store(service, "get", job_id)
-            except J.JobStoreUnavailable:  # Redis restarting: keep the stream, say so, and try again
-                if time.monotonic() - last_sent >= SSE_KEEPALIVE_S / 3:
-                    last_sent = time.monotonic()
-                    yield ": job store unreachable, retrying\n\n"
-                await asyncio.sleep(SSE_STORE_RETRY_S)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    body = hub.stream(first, board, listener, lambda job, eta: job_view(job, base, eta), SSE_KEEPALIVE_S)
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=listener.background if listener else None)
 
 
 # --------------------------------------------------------------------------------------------- cancel / delete
@@ -511,7 +540,7 @@ async def job_events(job_id: str, request: Request, service: ServiceDep) -> Stre
                            "its files: 204. Deleting a just-cancelled job is a second DELETE.",
                response_model=StyleJob, responses={204: {"description": "deleted"}, **_errors(404, 503)})
 async def delete_job(job_id: str, request: Request, service: ServiceDep) -> Response:
-    job = await _job_or_404(service, job_id)
+    job = await _job_or_404(service, job_id, request)
     if not job.finished:
         job = await _store(service, "cancel", job_id)
         if job is None:
@@ -636,4 +665,4 @@ async def options(settings: SettingsDep, service: ServiceDep) -> dict:
     return {"defaults": defaults, "limits": limits, "types": types, "descriptions": descriptions,
             "presets": _preset_names(), "max_styles": MAX_STYLES, "max_upload_bytes": settings.max_upload_bytes,
             "max_upload_mb": round(settings.max_upload_bytes / 2**20, 2),
-            "max_image_pixels": settings.max_image_pixels}
+            "max_image_pixels": settings.max_image_pixels, "max_job_pixel_steps": settings.max_job_pixel_steps}
