@@ -35,6 +35,7 @@ from app.style.engine import StyleParams
 from app.style.jobs import (
     QUEUED, SERVER_STOPPED, WORKER_DIED, EtaBoard, JobQueue, JobStoreUnavailable, SQLiteJobQueue, device_key,
 )
+from app.style.events import JobEventHub
 from app.style.worker import FAILED, READY, STARTING, WorkerConfig, worker_main
 
 logger = logging.getLogger("app.style")
@@ -103,6 +104,11 @@ class _StyleServiceBase:
         """(worker id, device kind) of the workers that will run the queued jobs."""
         raise NotImplementedError
 
+    def _event_hub(self) -> JobEventHub:
+        """The event streams' shared watchers (app/style/events.py), capped by STREAMS_PER_JOB, MAX_EVENT_STREAMS."""
+        return JobEventHub(self.store.get, self.eta_board, per_job=self.settings.streams_per_job,
+                           total=self.settings.max_event_streams)
+
     def eta_board(self, fresh: bool = False) -> EtaBoard:
         """The time estimates now (blocking store reads: call it in a worker thread)."""
         cached = self._eta_cache
@@ -129,6 +135,7 @@ class StyleService(_StyleServiceBase):
         self._supervisor: asyncio.Task | None = None
         self._last_cleanup = 0.0
         self._device_key = device_key(self.device)
+        self.events = self._event_hub()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +148,7 @@ class StyleService(_StyleServiceBase):
         self._supervisor = asyncio.create_task(self._supervise(), name="style-supervisor")
 
     async def stop(self) -> None:
+        await self.events.close()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with suppress(asyncio.CancelledError):
@@ -287,6 +295,7 @@ class RedisStyleService(_StyleServiceBase):
         self._store_down = False
         self._live_workers: list[dict] = []
         self._started = time.monotonic()
+        self.events = self._event_hub()
 
     async def start(self) -> None:
         try:
@@ -297,6 +306,7 @@ class RedisStyleService(_StyleServiceBase):
         self._janitor = asyncio.create_task(self._janitor_loop(), name="style-janitor")
 
     async def stop(self) -> None:
+        await self.events.close()
         if self._janitor is not None:
             self._janitor.cancel()
             with suppress(asyncio.CancelledError):
