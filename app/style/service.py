@@ -10,6 +10,8 @@
   killed after a bounded wait (one still loading holds no job and is terminated at once).
 * eta_board(): the time estimates of the moment (app.style.jobs.EtaBoard), from the store's measured step times,
   the running and queued jobs and this server's workers; cached for ETA_CACHE_S.
+* events: the JobEventHub of the job event streams (app.style.events: one shared watcher per job, the
+  STREAMS_PER_JOB and MAX_EVENT_STREAMS caps); closed first in stop().
 
 One API process owns a DATA_DIR: run uvicorn with one process and scale with JOB_WORKERS. For several API
 replicas and worker hosts, JOB_BACKEND=redis selects RedisStyleService: no local workers, a shared Redis store,
