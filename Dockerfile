@@ -40,9 +40,12 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-# uvicorn is PID 1's child under `init: true` (compose) and handles SIGTERM: it stops accepting connections, lets
-# in-flight requests finish for up to --timeout-graceful-shutdown seconds (SSE streams are cut then), then runs the
-# app's shutdown (stops style workers). Keep the stop grace period (compose: 30s) above that.
-# Behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address (uvicorn reads it; --proxy-headers is on).
+# `python -m app` (app/server/launch.py) runs uvicorn as `make serve` does, configured from the settings: request
+# heads capped (MAX_HEADER_BYTES, HEADER_TIMEOUT_S), idle and stalled connections closed (KEEP_ALIVE_TIMEOUT_S,
+# BODY_TIMEOUT_S), proxy headers on, no uvicorn access log. It is PID 1's child under `init: true` (compose) and
+# handles SIGTERM: it stops accepting connections, lets in-flight requests finish for up to SHUTDOWN_GRACE_S (10 s),
+# closes the connections still open, then runs the app's shutdown (stops style workers, up to 14 s). Keep the stop
+# grace period (compose: 30s) above the two together.
+# Behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address (uvicorn reads it).
 STOPSIGNAL SIGTERM
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-graceful-shutdown", "20", "--no-access-log"]
+CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8000"]

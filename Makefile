@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $@
 
+# The launcher (app/server/launch.py): uvicorn with the bounded protocol and timeouts, from the settings.
 serve: install
-	$(BIN)/python -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/python -m app --host $(HOST) --port $(PORT)
 
 # The browser tests drive Debian's Chromium (browser downloads are not possible); install it when missing.
 browser:

@@ -24,6 +24,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+STYLE_STOP_S = 14  # the app's shutdown: style workers get 10 s to hand their job back, then 2 + 2 s to go
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------------
@@ -81,8 +82,8 @@ def test_dockerfile_properties():
     health = _last("HEALTHCHECK")
     assert "/healthz" in health and "urllib" in health and "curl" not in health
 
-    cmd = json.loads(_last("CMD"))  # exec form: uvicorn gets SIGTERM itself
-    assert cmd[:2] == ["uvicorn", "app.main:app"]
+    cmd = json.loads(_last("CMD"))  # exec form: the server gets SIGTERM itself
+    assert cmd[:3] == ["python", "-m", "app"], "the image starts the server through the launcher, as make serve"
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8000"
 
     copies = [args for word, args in instructions if word == "COPY"]
@@ -93,6 +94,17 @@ def test_dockerfile_properties():
     install = next(i for i, (word, args) in enumerate(instructions) if word == "RUN" and "pip install" in args)
     assert install < first_code
     assert any(word == "COPY" and "pyproject.toml" in args for word, args in instructions[:install])
+
+
+def test_every_way_in_starts_the_launcher():
+    """`make serve`, the image and every API service start the server the same way (`python -m app`: the bounded
+    protocol, timeouts and graceful shutdown from the settings), so no deployment misses them."""
+    recipe = re.search(r"^serve:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert recipe and "$(BIN)/python -m app --host $(HOST) --port $(PORT)" in recipe.group(1)
+    assert "uvicorn" not in recipe.group(1)
+    services = _load(COMPOSE)["services"]
+    for name in ("api", "api-replica"):
+        assert "command" not in services[name] and "entrypoint" not in services[name], f"{name} must use the CMD"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -222,7 +234,9 @@ def test_compose_gpu_reservation_and_service():
     assert api["restart"] in ("unless-stopped", "always")
     assert api["stop_signal"] == "SIGTERM"
     grace = re.fullmatch(r"(\d+)s", api["stop_grace_period"])
-    assert grace and int(grace.group(1)) > 20, "stop grace must exceed uvicorn's --timeout-graceful-shutdown 20"
+    shutdown_grace = float(_DEFAULT.match(api["environment"]["SHUTDOWN_GRACE_S"]).group(2))
+    assert grace and int(grace.group(1)) > shutdown_grace + STYLE_STOP_S, \
+        "stop grace must exceed SHUTDOWN_GRACE_S plus the style workers' stop"
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     assert api.get("init") is True
 

@@ -1,4 +1,5 @@
-"""A real uvicorn process over the tiny weights: startup, every predict endpoint, refusal, clean shutdown."""
+"""A real server process (`python -m app`, as `make serve` starts it) over the tiny weights: startup, every predict
+endpoint, refusal, clean shutdown."""
 import base64
 import os
 import shutil
@@ -28,13 +29,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_command(port: int) -> list[str]:
+    """The server started exactly as `make serve` starts it (the launcher, app/server/launch.py), on loopback."""
+    return [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def start_server(weights_dir: Path, data_dir: Path, log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "WEIGHTS_DIR": str(weights_dir), "DATA_DIR": str(data_dir), **env_overrides}
     with open(log_path, "ab") as log:  # a file, not a pipe, so a chatty server can never block on a full pipe
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(server_command(port), cwd=REPO_ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}"
 
 

@@ -7,7 +7,6 @@ and content type.
 """
 import os
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
+from tests.test_e2e import REPO_ROOT, free_port, server_command, stop, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +32,11 @@ def fuzz_server(tiny_weights_dir, tmp_path_factory):
     log_path = tmp / "server.log"
     port = free_port()
     env = {**os.environ, "WEIGHTS_DIR": str(tiny_weights_dir), "DATA_DIR": str(tmp / "data"), "DEVICE": "cpu",
-           "JOB_WORKERS": "0", "MAX_QUEUED_JOBS": "100000", "MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}
+           "JOB_WORKERS": "0", "MAX_QUEUED_JOBS": "100000", "MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+           "LOG_LEVEL": "warning"}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(server_command(port), cwd=REPO_ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, base_url, log_path)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from models.objects import CIFAR10_CLASSES
-from tests.test_e2e import REPO_ROOT, free_port, stop, wait_until_ready
+from tests.test_e2e import REPO_ROOT, free_port, server_command, stop, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +37,8 @@ def base_url(tmp_path_factory):
            "DEVICE": "cpu", "JOB_WORKERS": "1"}
     port = free_port()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(server_command(port), cwd=REPO_ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, url, log_path)

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from PIL import Image
 
 from app.core.config import Settings
-from tests.test_e2e import REPO_ROOT, free_port, wait_until_ready
+from tests.test_e2e import REPO_ROOT, free_port, server_command, wait_until_ready
 from tests.test_web import JOB_TIMEOUT_MS, TIMEOUT_MS, browser, draw  # noqa: F401 (browser: a fixture)
 
 pytestmark = pytest.mark.slow
@@ -51,9 +50,8 @@ class Server:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(server_command(self.port), cwd=REPO_ROOT, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_ready(self.process, self.url, self.log_path)
 
     def kill(self) -> None:
