@@ -307,23 +307,42 @@ def _chunked_upload(server: Server, size: int) -> bytes:
     return read_until_closed(sock)
 
 
+@contextmanager
+def trickling(socks: list[socket.socket], every_s: float = 0.3):
+    """Keeps uploads in progress (1 KiB every `every_s`, well inside BODY_TIMEOUT_S) while the block runs."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(every_s):
+            for sock in socks:
+                send_quietly(sock, b"\0" * 1024)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def test_uploads_beyond_the_cap_get_503(server):
     stalled = [start_upload(server, "/v1/digits/predict", "file", declared=9 * MiB, sent=64 * 1024)
                for _ in range(MAX_CONCURRENT_UPLOADS)]
-    time.sleep(0.3)  # each has been read from: it holds its slot
-    started = time.monotonic()
-    with healthz_watch(server):
-        declared = start_upload(server, "/v1/style/jobs", "content", declared=2 * MiB, sent=1024)
-        refused = read_until_closed(declared)
+    with trickling(stalled), healthz_watch(server):
+        time.sleep(1)  # each has been read from: it holds its slot
+        started = time.monotonic()
+        refused = read_until_closed(start_upload(server, "/v1/style/jobs", "content", declared=2 * MiB, sent=1024))
+        refused_in = time.monotonic() - started
         streamed = _chunked_upload(server, 2 * MiB)
         small = httpx.post(f"{server.base_url}/v1/digits/predict",
                            files={"file": ("seven.png", encode(digit_image(7)), "image/png")})
-    assert time.monotonic() - started < BODY_TIMEOUT_S, "refused at once, not after waiting"
+    assert refused_in < 1.5, f"refused after {refused_in:.1f} s, not at once"
     for raw in (refused, streamed):
         assert_refused(raw, 503, "MAX_CONCURRENT_UPLOADS")
         assert headers_of(raw)["retry-after"].isdigit()
     assert small.status_code == 200, small.text  # small bodies never wait for a slot
-    for sock in stalled:
+    for sock in stalled:  # once they stop sending, the body timeout ends them and gives their slots back
         assert status_of(read_until_closed(sock)) == 408
     # The slots came back: a large upload is read again (and refused for what it is, not for the cap).
     accepted = _chunked_upload(server, 2 * MiB)
@@ -333,11 +352,6 @@ def test_uploads_beyond_the_cap_get_503(server):
 # --- item 3: SIGTERM ----------------------------------------------------------------------------------------------
 
 SHUTDOWN_GRACE_S = 3
-
-
-def _trickle(sock: socket.socket, stop: threading.Event) -> None:
-    while not stop.wait(0.3) and send_quietly(sock, b"\0" * 1024):
-        pass
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_closes_the_rest(tiny_weights_dir, tmp_path):
@@ -350,20 +364,17 @@ def test_sigterm_lets_in_flight_requests_finish_then_closes_the_rest(tiny_weight
         quick.sendall(b"POST /v1/sentiment/predict HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\n"
                       b"Content-Length: 9\r\n\r\ngood ")
         slow = start_upload(server, "/v1/digits/predict", "file", declared=9 * MiB, sent=64 * 1024)
-        stop_trickle = threading.Event()
-        trickler = threading.Thread(target=_trickle, args=(slow, stop_trickle), daemon=True)
-        trickler.start()
-        time.sleep(0.3)
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
-        quick.sendall(b"film")
-        answered = read_until_closed(quick)
-        cut = read_until_closed(slow, timeout=SHUTDOWN_GRACE_S + 5)
-        stop_trickle.set()
-        cut_at = time.monotonic() - signalled
+        with trickling([slow]):
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            quick.sendall(b"film")
+            answered = read_until_closed(quick)
+            cut = read_until_closed(slow, timeout=SHUTDOWN_GRACE_S + 5)
+            cut_at = time.monotonic() - signalled
         returncode = process.wait(timeout=SHUTDOWN_GRACE_S + 10)
         exited_at = time.monotonic() - signalled
     assert status_of(answered) == 200 and headers_of(answered)["connection"] == "close", answered[:300]
