@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from app.api.error_handlers import install_error_handlers
+from app.api.openapi import declare_api_keys
 from app.api.routes import health, metrics, models, sentiment, style
 from app.api.routes.images import image_router
 from app.core.config import Settings
@@ -110,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.style_jobs_enabled:
         app.include_router(style.router)
     install_web(app)
+    if settings.api_key_list:
+        declare_api_keys(app)
     return app
 
 

@@ -10,12 +10,15 @@ from torch import nn
 
 from app.core.config import Settings
 from app.core.loading import StartupError, load_state_dict
-from app.preprocessing.decoding import declared_pixels, open_image
+from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 
 logger = logging.getLogger(__name__)
 
 SCORE_DECIMALS = 6
 MAX_REASON_CHARS = 300
+
+
+DECODE_AT_LEAST = 512  # px per side: far more than 28x28 digits or 32x32 objects need; big JPEGs decode smaller
 
 
 def calibration_of(entry: dict) -> dict | None:
@@ -136,7 +139,8 @@ class ImageClassifierHandler(ModelHandler):
         return pixels is not None and pixels <= self.settings.inline_decode_pixels
 
     def decode_request(self, raw: bytes) -> torch.Tensor:
-        return self.to_tensor(open_image(raw, self.settings.max_image_pixels))
+        with memory_returned_after(declared_pixels(raw)):
+            return self.to_tensor(open_image(raw, self.settings.max_image_pixels, at_least=DECODE_AT_LEAST))
 
     def forward(self, batch: list[torch.Tensor]) -> torch.Tensor:
         return self.model(torch.stack(batch).to(self.device, non_blocking=True))

@@ -4,6 +4,7 @@ Pure functions (no web framework): every client problem is raised as an APIError
 
     decode_base64_image(value)      base64 / data: URL -> bytes
     open_image(data, max_pixels)    bytes -> one fully loaded PIL image (first frame), safely
+    memory_returned_after(pixels)   gives the heap back to the OS once the last large decode in flight ends
     declared_pixels(data)           width x height from the header alone
     luminance(img)                  PIL image -> (H, W) float32 grey level in [0, 1] (alpha composited)
     to_rgb(img)                     PIL image -> 8-bit RGB (alpha composited onto white)
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import io
 import re
+import threading
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -94,13 +99,18 @@ def _sniff_other(data: bytes) -> str | None:
     return None
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode one PNG/JPEG/GIF/BMP/WebP image (first frame), checking its size before decoding any pixels."""
+def open_image(data: bytes, max_pixels: int, at_least: int | None = None) -> Image.Image:
+    """Decode one PNG/JPEG/GIF/BMP/WebP image (first frame), checking its size before decoding any pixels.
+
+    at_least: the caller only needs this many pixels on each side, so a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    when it is that much larger (libjpeg scales in the DCT: a phone photo costs a sixteenth of the memory)."""
     if not data:
         raise UnsupportedMediaType(f"not an image: the body is empty (accepted formats: {_ACCEPTED_TEXT})")
     img = _open_lazily(data, max_pixels)
     _check_format(img)
     _check_size(img.size, max_pixels)
+    if at_least is not None and img.format in ("JPEG", "MPO"):
+        img.draft(None, (at_least, at_least))
     _load(img, data, max_pixels)
     _apply_exif_orientation(img)
     return img
@@ -197,6 +207,48 @@ def _apply_exif_orientation(img: Image.Image) -> None:
         pass
 
 
+# --------------------------------------------------------------------------------------------- memory
+
+LARGE_DECODE_PIXELS = 4_000_000  # decodes above this many pixels hand their memory back when they end
+_large_in_flight = 0
+_large_lock = threading.Lock()
+_libc = None
+
+
+@contextmanager
+def memory_returned_after(pixels: int | None):
+    """Around the decoding and preprocessing of one image: when it was large and no other large one is still
+    being worked on, the C heap's free pages go back to the OS (glibc keeps them in its per-thread arenas
+    otherwise, and 16 concurrent 36-megapixel uploads left the process at 4 GiB)."""
+    global _large_in_flight
+    if pixels is None or pixels < LARGE_DECODE_PIXELS:
+        yield
+        return
+    with _large_lock:
+        _large_in_flight += 1
+    try:
+        yield
+    finally:
+        with _large_lock:
+            _large_in_flight -= 1
+            last = _large_in_flight == 0
+        if last:
+            _trim_heap()
+
+
+def _trim_heap() -> None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else False
+        except OSError:
+            _libc = False
+    trim = getattr(_libc, "malloc_trim", None) if _libc else None
+    if trim is not None:  # glibc only; musl and macOS return memory by themselves
+        trim(0)
+
+
 # --------------------------------------------------------------------------------------------- pixels
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -267,4 +319,5 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 
-__all__ = ["ACCEPTED_FORMATS", "decode_base64_image", "open_image", "declared_pixels", "luminance", "to_rgb"]
+__all__ = ["ACCEPTED_FORMATS", "decode_base64_image", "open_image", "declared_pixels", "memory_returned_after",
+           "luminance", "to_rgb"]

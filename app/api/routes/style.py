@@ -5,14 +5,11 @@ validates requests, reads and writes the job store, and streams files.
 """
 from __future__ import annotations
 
-import asyncio
 import errno
-import json
 import logging
 import math
 import secrets
 import sqlite3
-import time
 import types
 import typing
 from contextlib import suppress
@@ -517,7 +514,7 @@ async def get_preview(job_id: str, request: Request, service: ServiceDep) -> Res
                        429: {"model": ErrorBody, "description": "STREAMS_PER_JOB streams are open on this job, or "
                              "MAX_EVENT_STREAMS in all (Retry-After)"}})
 async def job_events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
-    first = await _job_or_404(service, job_id)
+    first = await _job_or_404(service, job_id, request)
     board = None
     if not first.finished:
         with suppress(J.JobStoreUnavailable):  # the estimate is dropped, not the stream
