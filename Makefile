@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 
-.PHONY: install browser redis serve test bench train evaluate clean
+.PHONY: install browser redis nginx serve test bench train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -33,7 +33,14 @@ redis:
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null || { echo "redis-server is needed for the JOB_BACKEND=redis tests: install Debian's redis-server package"; exit 1; }
 
-test: install browser redis
+# tests/test_deploy.py checks the shipped nginx.conf with `nginx -t`; install Debian's nginx-light when missing.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { command -v apt-get >/dev/null && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq nginx-light >/dev/null; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "nginx is needed for tests/test_deploy.py: install Debian's nginx-light package"; exit 1; }
+
+test: install browser redis nginx
 	$(BIN)/python -m pytest
 
 bench: install
