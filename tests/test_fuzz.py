@@ -3,7 +3,7 @@
 The server runs over the tiny weights with JOB_WORKERS=0 (style jobs queue and never run) and a large
 MAX_QUEUED_JOBS. Each operation gets a bounded, derandomized set of generated requests (valid and invalid);
 every response must be no 5xx, carry a status code the schema documents, and match the documented schema
-and content type.
+and content type. Then a stateful phase follows the links between the style job operations (test_fuzz_stateful).
 """
 import os
 import subprocess
@@ -13,12 +13,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (content_type_conformance, ensure_resource_availability,
+                                               response_schema_conformance, status_code_conformance,
+                                               use_after_free)
 
 from app.core.config import Settings
 from app.main import create_app
 from tests.test_e2e import REPO_ROOT, free_port, server_command, stop, wait_until_ready
+from tests.test_style_api import CONTENT
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +76,56 @@ def test_fuzz(case, fuzz_server):
         tail = log_path.read_text(errors="replace")[-3000:]
         print(f"--- server log (tail) ---\n{tail}")
         raise
+
+
+# --- the stateful phase: submit -> get, result, preview, delete -------------------------------------------------
+# The links are inferred by schemathesis' dependency analysis (POST /v1/style/jobs 202 and every job listing or
+# job answer -> GET /v1/style/jobs/{job_id}, /result, /preview, DELETE), so the schema needs none written. The
+# event stream is left out: with JOB_WORKERS=0 a queued job's stream stays open (keep-alives) until the job ends.
+STATEFUL_SCHEMA = schema.include(path_regex=r"^/v1/style/jobs").exclude(path_regex=r"/events$")
+STATEFUL_CHECKS = [*CHECKS, use_after_free, ensure_resource_availability]
+STATEFUL_RUNS, STATEFUL_STEPS = 40, 10
+VALID_JOB = {"content": CONTENT, "style_preset": ["udnie"], "size": "64", "steps": "5"}
+
+
+def test_fuzz_stateful(fuzz_server):
+    """Scenarios of up to STATEFUL_STEPS calls that follow the links from one answer to the next. A generated
+    multipart body almost never is a job the server accepts (an image, a known preset, options in range), so every
+    other submit is a valid one: the links from a 202 are then followed to a real job."""
+    base_url, log_path = fuzz_server
+    machine = STATEFUL_SCHEMA.as_state_machine()
+    assert any(name.startswith("POST_v1_style_jobs___202_") for name in dir(machine)), "no link from a submit"
+
+    class Workflow(machine):
+        def setup(self):
+            self.submits = 0  # per scenario, so that a scenario replayed makes the same requests
+
+        def before_call(self, case):
+            if case.method == "POST" and case.path == "/v1/style/jobs":
+                self.submits += 1
+                if self.submits % 2:
+                    case.body = dict(VALID_JOB)
+
+        def get_call_kwargs(self, case):
+            return {"base_url": base_url, "timeout": 30}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            statuses.append((case.method, case.path, response.status_code))
+            case.validate_response(response, checks=STATEFUL_CHECKS, transport_kwargs=kwargs)
+
+    statuses: list[tuple[str, str, int]] = []
+    try:
+        Workflow.run(settings=settings(max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS,
+                                       derandomize=True, deadline=None, database=None, phases=[Phase.generate],
+                                       suppress_health_check=list(HealthCheck)))
+    except Exception:
+        print(f"--- server log (tail) ---\n{log_path.read_text(errors='replace')[-3000:]}")
+        raise
+    # a job reached: anything but 404 (unknown id) and 422 (a malformed one); JOB_WORKERS=0: result, preview 409
+    reached = {(method, path, status) for method, path, status in statuses if "{job_id}" in path
+               and status not in (404, 422)}
+    print(f"{len(statuses)} stateful calls; on a real job: {sorted(reached)}")
+    assert ("POST", "/v1/style/jobs", 202) in statuses
+    assert {(method, path) for method, path, _ in reached} == {
+        ("GET", "/v1/style/jobs/{job_id}"), ("GET", "/v1/style/jobs/{job_id}/result"),
+        ("GET", "/v1/style/jobs/{job_id}/preview"), ("DELETE", "/v1/style/jobs/{job_id}")}
