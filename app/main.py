@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.api.error_handlers import install_error_handlers
 from app.api.openapi import declare_api_keys
-from app.api.routes import health, metrics, models, sentiment, style
+from app.api.routes import health, metrics, models, sentiment
 from app.api.routes.images import image_router
 from app.core.config import Settings
 from app.core.lifecycle import ShutdownSignal, install_signal_chain
@@ -25,6 +25,7 @@ from app.core.loading import StartupError, resolve_device
 from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
 from app.core.registry import ModelRegistry
 from app.core.security import APIKeyMiddleware, parse_api_keys
+from app.style.install import install as install_style
 from app.style.service import make_style_service
 
 logger = logging.getLogger("app")
@@ -93,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # request id + access log + request counter (sees every response).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadGuardMiddleware, timeout_s=settings.body_timeout_s,
-                       max_concurrent=settings.max_concurrent_uploads, large_bytes=settings.large_upload_bytes)
+                       max_concurrent=settings.max_concurrent_uploads, large_bytes=settings.large_upload_bytes,
+                       min_rate=settings.min_body_rate_bytes_s)
     app.add_middleware(APIKeyMiddleware, keys=parse_api_keys(settings.api_key_list))
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
@@ -109,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(image_router("objects", "a photo of an everyday object (CIFAR-10 classes)"))
     app.include_router(sentiment.router)
     if settings.style_jobs_enabled:
-        app.include_router(style.router)
+        install_style(app)  # routes, job-store error answers, metrics (app/style/install.py)
     install_web(app)
     if settings.api_key_list:
         declare_api_keys(app)

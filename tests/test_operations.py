@@ -8,7 +8,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.observability import JsonFormatter, Metrics
+from prometheus_client import CollectorRegistry
+
+from app.core.observability import JsonFormatter
+from app.style.metrics import StyleMetrics
 from app.main import create_app
 from tests.conftest import make_settings, wait_until_ready
 from tests.test_api import digit_image, encode
@@ -79,17 +82,14 @@ def test_style_job_outcomes_and_durations_are_counted_once():
         def finished_since(self, since):
             return [row for row in self.rows if row[3] > since]
 
-    class FakeApp:
-        class state:
-            pass
-
-    metrics, store, now = Metrics(FakeApp()), FakeStore(), time.time()
+    registry = CollectorRegistry()
+    metrics, store, now = StyleMetrics(registry, lambda: None), FakeStore(), time.time()
     store.rows = [("a", "succeeded", now - 3, now + 0.5), ("b", "failed", now - 1, now + 0.6),
                   ("c", "cancelled", None, now + 0.7), ("old", "succeeded", now - 99, now - 90)]
     metrics.sync_jobs(store)
     metrics.sync_jobs(store)  # a second scrape counts nothing twice
     from prometheus_client import generate_latest
-    text = generate_latest(metrics.registry).decode()
+    text = generate_latest(registry).decode()
     assert sample(text, "style_jobs_finished_total", status="succeeded") == 1
     assert sample(text, "style_jobs_finished_total", status="failed") == 1
     assert sample(text, "style_jobs_finished_total", status="cancelled") == 1

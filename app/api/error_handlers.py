@@ -10,7 +10,6 @@ from starlette.routing import Match
 
 from app.core.errors import APIError
 from app.core.observability import REQUEST_ID_HEADER, request_id_var
-from app.style.jobs import JobStoreFull, JobStoreUnavailable
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client hung up before it was answered (never a 5xx)
@@ -18,8 +17,6 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client hung up before it 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, api_error)
-    app.add_exception_handler(JobStoreUnavailable, job_store_unavailable)
-    app.add_exception_handler(JobStoreFull, job_store_full)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -28,20 +25,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def job_store_unavailable(request: Request, exc: JobStoreUnavailable) -> JSONResponse:
-    logger.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": "style jobs are unavailable for a moment: the job store (Redis) cannot be "
-                                   "reached; retry shortly (the classifiers are not affected)"},
-                        status_code=503, headers={"Retry-After": "2"})
-
-
-async def job_store_full(request: Request, exc: JobStoreFull) -> JSONResponse:
-    logger.error("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": "the job store (Redis) is out of memory and cannot take this job; finished "
-                                   "jobs are deleted after RESULT_TTL, retry later"},
-                        status_code=507, headers={"Retry-After": "60"})
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

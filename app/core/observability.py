@@ -5,8 +5,7 @@
   access log line (method, path, status, duration_ms, request_id). Bodies are never logged.
 * Metrics: one CollectorRegistry per app (create_app), so several apps in one process do not clash. Counters
   and histograms are observed as requests happen; model load times, batch sizes (from the batchers' own
-  stats), style queue gauges and GPU memory are computed at scrape time; style job durations and outcomes
-  are read from the job store at scrape time (jobs finished since the last scrape).
+  stats) and GPU memory are computed at scrape time. Style jobs register their own metrics (app/style/metrics.py).
 * TimedRoute: the APIRoute class of the synchronous predict routes; REQUEST_TIMEOUT_S -> 504, latency per model.
 """
 from __future__ import annotations
@@ -15,7 +14,6 @@ import asyncio
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -43,8 +41,6 @@ access_logger = logging.getLogger("app.access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-JOB_DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
-JOB_LOOKBACK_S = 60.0  # jobs committed late (finished_at before the last scrape) are still counted once
 
 
 def valid_request_id(value: str | None) -> str | None:
@@ -68,39 +64,7 @@ class Metrics:
                                        "set) and status class", ["caller", "status_class"], registry=self.registry)
         self.predict_latency = Histogram("predict_latency_seconds", "Predict request latency by model",
                                          ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.job_duration = Histogram("style_job_duration_seconds", "Run time of finished style jobs (started "
-                                      "to finished)", buckets=JOB_DURATION_BUCKETS, registry=self.registry)
-        self.job_outcomes = Counter("style_jobs_finished", "Style jobs finished, by final status", ["status"],
-                                    registry=self.registry)
         self.registry.register(_ScrapeTimeCollector(app))
-        self._jobs_since = time.time()
-        self._jobs_seen: dict[str, float] = {}  # id -> finished_at of jobs already counted (lookback window)
-        self._jobs_lock = threading.Lock()  # concurrent scrapes run in different threads
-
-    def sync_jobs(self, store: Any) -> None:
-        """Count style jobs that finished since the last scrape (blocking: SQLite; call from a thread)."""
-        from app.style.jobs import JobStoreUnavailable
-
-        with self._jobs_lock:
-            try:
-                self._sync_jobs(store)
-            except JobStoreUnavailable:  # counted at a later scrape
-                pass
-
-    def _sync_jobs(self, store: Any) -> None:
-        since = self._jobs_since - JOB_LOOKBACK_S
-        latest = self._jobs_since
-        for job_id, status, started_at, finished_at in store.finished_since(since):
-            if job_id in self._jobs_seen:
-                continue
-            self._jobs_seen[job_id] = finished_at
-            latest = max(latest, finished_at)
-            self.job_outcomes.labels(status).inc()
-            if started_at is not None:
-                self.job_duration.observe(max(0.0, finished_at - started_at))
-        self._jobs_since = max(self._jobs_since, min(latest, time.time()))
-        cutoff = self._jobs_since - JOB_LOOKBACK_S
-        self._jobs_seen = {k: v for k, v in self._jobs_seen.items() if v >= cutoff}
 
 
 class _ScrapeTimeCollector:
@@ -117,14 +81,6 @@ class _ScrapeTimeCollector:
         registry = getattr(state, "registry", None)
         if registry is not None:
             yield from _model_metrics(registry)
-        service = getattr(state, "style_service", None)
-        if service is not None:
-            from app.style.jobs import JobStoreUnavailable
-
-            try:
-                yield from list(_style_metrics(service))
-            except JobStoreUnavailable:  # Redis down: the scrape still answers, without the style gauges
-                pass
 
 
 def _model_metrics(registry: Any):
@@ -149,21 +105,6 @@ def _model_metrics(registry: Any):
                                 labels=["device"])
         gpu.add_metric([str(device)], float(torch.cuda.memory_allocated(device)))
         yield gpu
-
-
-def _style_metrics(service: Any):
-    from app.style.jobs import QUEUED, RUNNING
-
-    store = service.store
-    queued = GaugeMetricFamily("style_queue_depth", "Style jobs waiting for a worker")
-    queued.add_metric([], float(store.count(QUEUED)))
-    yield queued
-    running = GaugeMetricFamily("style_jobs_running", "Style jobs being run by a worker")
-    running.add_metric([], float(store.count(RUNNING)))
-    yield running
-    workers = GaugeMetricFamily("style_workers_alive", "Style worker processes alive")
-    workers.add_metric([], float(sum(1 for w in service.workers if w["alive"])))
-    yield workers
 
 
 # ---------------------------------------------------------------------------------------------- middleware

@@ -16,10 +16,7 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     metrics = state.metrics
 
-    def scrape() -> bytes:  # blocking: the style collector reads the SQLite job store
-        service = getattr(state, "style_service", None)
-        if service is not None:
-            metrics.sync_jobs(service.store)
+    def scrape() -> bytes:  # blocking: collectors may read a job store (SQLite, Redis)
         return generate_latest(metrics.registry)
 
     return Response(await anyio.to_thread.run_sync(scrape), media_type=CONTENT_TYPE_LATEST)
