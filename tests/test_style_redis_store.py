@@ -1,5 +1,7 @@
-"""The Redis job store (JOB_BACKEND=redis) against a real redis-server: records, queue order, claims and duplicate
-deliveries, ownership of writes, cancel, dead workers (retry, then fail), release, result cap, RESULT_TTL, outages."""
+"""The Redis job store's own behaviour (JOB_BACKEND=redis) against a real redis-server: files and dispatch, claims
+and duplicate deliveries, dead workers (retry, then fail), release to the back of the queue, result cap, records
+that expire by themselves, outages, the API's janitor. What it shares with the SQLite store is
+tests/test_job_store_contract.py."""
 import secrets
 import time
 
@@ -12,7 +14,6 @@ from app.style.redis_queue import RedisJobQueue, connect
 from tests.conftest import make_settings, wait_until_ready
 from tests.redis_server import RedisServer
 from tests.test_e2e import free_port
-from tests.test_style_jobs import record_step_times_at_once
 from tests.test_style_api import files
 
 HEARTBEAT_S = 1.0
@@ -48,34 +49,28 @@ def submit(store, max_queued: int = 10) -> J.Job:
                         [{"file": "style_0.png", "data": b"style-bytes"}, {"preset": "starry-night"}], max_queued)
 
 
-def test_submit_get_list_and_queue_positions(store, sent):
+def test_submit_keeps_the_files_in_redis_and_sends_each_job_once(store, sent):
     a, b = submit(store), submit(store)
-    assert (a.status, a.queue_position, b.queue_position) == (J.QUEUED, 1, 2)
     assert sent == [a.id, b.id]
-    got = store.get(a.id)
-    assert got.params == {"size": 32, "steps": 5} and got.total == 5 and got.attempts == 0
-    assert got.inputs == {"content": "content.png", "styles": [{"file": "style_0.png"}, {"preset": "starry-night"}]}
-    assert store.read_file(a.id, "content.png") == b"content-bytes"
-    assert store.read_file(a.id, "style_0.png") == b"style-bytes"
-    assert store.read_file(a.id, J.RESULT_FILE) is None
-    jobs, total = store.list(10, 0)
-    assert [j.id for j in jobs] == [b.id, a.id] and total == 2
-    assert [j.id for j in store.list(1, 1)[0]] == [a.id]
-    assert store.count(J.QUEUED) == 2 and store.count(J.RUNNING) == 0
-    assert store.get("no-such-job") is None
+    assert store.client.hgetall(f"{store.ns}:job:{a.id}:files") == {b"content.png": b"content-bytes",
+                                                                     b"style_0.png": b"style-bytes"}
 
 
 def test_a_full_queue_refuses_and_leaves_nothing(store, sent):
-    submit(store, max_queued=1)
-    with pytest.raises(J.QueueFull):
-        submit(store, max_queued=1)
-    assert store.count(J.QUEUED) == 1 and store.list(10, 0)[1] == 1 and len(sent) == 1
+    mine = store.submit({"size": 32}, 5, ("content.png", b"c"), [{"preset": "udnie"}], 10, owner="alice",
+                        max_queued_per_owner=1)
+    for max_queued, per_owner in ((1, 0), (10, 1)):  # the queue's cap, then alice's own (the Lua script's checks)
+        with pytest.raises(J.QueueFull):
+            store.submit({"size": 32}, 5, ("content.png", b"c"), [{"preset": "udnie"}], max_queued, owner="alice",
+                         max_queued_per_owner=per_owner)
+    assert sent == [mine.id]
     keys = store.client.keys(f"{store.ns}:job:*")
     assert len(keys) == 2  # the accepted job's record and files only
+    assert store.client.zrange(f"{store.ns}:owned:alice", 0, -1) == [mine.id.encode()]
 
 
 def test_claim_runs_a_job_once_and_drops_duplicate_deliveries(store):
-    job = submit(store)
+    job, cancelled = submit(store), submit(store)
     outcome, claimed = store.claim_job(job.id, "w1")
     assert outcome == "claimed" and claimed.status == J.RUNNING and claimed.attempts == 1
     assert claimed.worker == "w1" and claimed.queue_position is None
@@ -84,51 +79,22 @@ def test_claim_runs_a_job_once_and_drops_duplicate_deliveries(store):
     assert store.claim_job("unknown", "w2") == ("gone", None)
     assert store.finish(job.id, b"png", {"total": 1.0}, "w1")
     assert store.claim_job(job.id, "w2") == ("finished", None)
+    store.cancel(cancelled.id)
+    assert store.claim_job(cancelled.id, "w2") == ("finished", None)  # the message of a cancelled job is dropped
 
 
-def test_only_the_owner_writes_progress_and_results(store):
+def test_a_finished_job_drops_its_inputs_and_its_worker_goes_idle(store):
     job = submit(store)
     store.claim_job(job.id, "w1")
-    assert not store.update_progress(job.id, 1, 5, {"total": 2.0}, b"preview", worker="w2")
-    assert store.update_progress(job.id, 2, 5, {"total": 1.5}, b"preview", worker="w1")
-    running = store.get(job.id)
-    assert (running.step, running.losses, running.has_preview) == (2, {"total": 1.5}, True)
-    assert store.read_file(job.id, J.PREVIEW_FILE) == b"preview"
-    assert store.should_stop(job.id, "w2") and not store.should_stop(job.id, "w1")
-    assert not store.finish(job.id, b"result", None, "w2")
     assert store.finish(job.id, b"result", {"total": 1.0}, "w1")
-    done = store.get(job.id)
-    assert (done.status, done.step, done.losses) == (J.SUCCEEDED, 5, {"total": 1.0})
     assert store.read_file(job.id, J.RESULT_FILE) == b"result"
     assert store.read_file(job.id, "content.png") is None  # inputs are dropped once a job ends
-    assert store.mean_run_seconds() is not None
-    assert [row[:2] for row in store.finished_since(0)] == [(job.id, J.SUCCEEDED)]
     assert store.client.get(f"{store.ns}:worker:w1") == b""  # idle
-
-
-def test_cancel_a_queued_job_and_a_running_one(store):
-    first, second, third = submit(store), submit(store), submit(store)
-    cancelled = store.cancel(second.id)
-    assert cancelled.status == J.CANCELLED and cancelled.finished_at is not None
-    assert store.get(third.id).queue_position == 2
-    assert store.claim_job(second.id, "w1") == ("finished", None)
-    store.claim_job(first.id, "w1")
-    assert store.cancel(first.id).status == J.CANCELLED
-    assert store.should_stop(first.id, "w1")
-    assert not store.update_progress(first.id, 1, 5, None, worker="w1")
-    assert not store.mark_cancelled(first.id, "w1")  # cancel() already recorded it
-    assert store.count(J.RUNNING) == 0 and store.count(J.QUEUED) == 1
-    assert store.cancel("unknown") is None
-
-
-def test_delete_only_finished_jobs(store):
-    job = submit(store)
-    with pytest.raises(ValueError, match="queued"):
-        store.delete(job.id)
-    store.cancel(job.id)
-    assert store.delete(job.id)
-    assert store.get(job.id) is None and store.list(10, 0) == ([], 0)
-    assert not store.delete(job.id)
+    other = submit(store)
+    store.claim_job(other.id, "w2")
+    store.client.delete(f"{store.ns}:worker:w2")  # w2's heartbeat expired, and then it finished anyway
+    assert store.fail(other.id, "boom", "w2")
+    assert store.client.exists(f"{store.ns}:worker:w2") == 0  # not brought back to life without a TTL
 
 
 def test_a_dead_workers_job_is_retried_then_failed(store, sent):
@@ -183,20 +149,22 @@ def test_a_result_over_the_cap_fails_the_job_with_a_message(store):
     assert store.read_file(job.id, J.RESULT_FILE) is None
 
 
-def test_results_expire_after_the_ttl(store):
-    old, recent = submit(store), submit(store)
-    for job in (old, recent):
+def test_finished_records_expire_by_themselves_and_leave_the_listings(store):
+    owned = [store.submit({"size": 32, "steps": 5}, 5, ("content.png", b"c"), [{"preset": "udnie"}], 10,
+                          owner="alice") for _ in range(4)]
+    waiting = submit(store)
+    for job in owned:
         store.claim_job(job.id, "w1")
         store.finish(job.id, b"png", None, "w1")
-    assert 0 < store.client.pttl(f"{store.ns}:job:{old.id}")  # Redis drops them even if no replica cleans up
-    time.sleep(0.05)
-    assert store.cleanup(ttl_s=0.0) == 2
-    assert store.get(old.id) is None and store.read_file(old.id, J.RESULT_FILE) is None
-    assert store.list(10, 0) == ([], 0)
-    fresh = submit(store)
-    store.claim_job(fresh.id, "w1")
-    store.finish(fresh.id, b"png", None, "w1")
-    assert store.cleanup(ttl_s=3600) == 0 and store.get(fresh.id).status == J.SUCCEEDED
+    assert 0 < store.client.pttl(f"{store.ns}:job:{owned[0].id}")  # Redis drops them even if no replica cleans up
+    for job in owned[1:3]:  # as Redis does once that TTL is over, before any cleanup() ran
+        store.client.delete(f"{store.ns}:job:{job.id}", f"{store.ns}:job:{job.id}:files")
+    page, total = store.list(2, 0, owner="alice")  # the page is read again past the expired ids
+    assert [j.id for j in page] == [owned[3].id, owned[0].id] and total == 2
+    assert store.count(J.SUCCEEDED) == 2 and store.count(J.SUCCEEDED, "alice") == 2
+    jobs, total = store.list(10, 0)
+    assert [j.id for j in jobs] == [waiting.id, owned[3].id, owned[0].id] and total == 3
+    assert all(store.client.zscore(f"{store.ns}:finished", job.id) is None for job in owned[1:3])
 
 
 def test_an_unreachable_redis_is_reported_quickly(sent):
@@ -253,25 +221,10 @@ def test_a_full_redis_refuses_a_job_cleanly(store, sent):
     assert submit(store).status == J.QUEUED  # room again: accepted
 
 
-def test_active_jobs_worker_devices_and_shared_step_times(store, redis_server):
-    a, b = submit(store), submit(store)
-    store.claim_job(a.id, "w1")
-    assert [(j.id, j.status) for j in store.active_jobs()] == [(a.id, J.RUNNING), (b.id, J.QUEUED)]
-    store.client.set(f"{store.ns}:worker:w1", a.id)  # alive, without the 1 s heartbeat TTL of these tests
+def test_worker_devices_of_live_workers_only(store):
+    store.client.set(f"{store.ns}:worker:w1", "")  # alive, without the 1 s heartbeat TTL of these tests
     store.register_worker("w1", "cpu")
     store.register_worker("w-gone", "cuda:Some GPU")
     assert [(w["id"], w["device"]) for w in store.workers()] == [("w1", "cpu")]
     assert store.forget_gone_workers() == 1
     assert store.client.hkeys(f"{store.ns}:worker_devices") == [b"w1"]
-    job = store.submit({"size": 32, "steps": 5}, 5, ("content.png", b"c"), [{"preset": "udnie"}], 10,
-                       content_size=(640, 480))
-    assert store.get(job.id).inputs["content_size"] == [640, 480]
-
-    # two replicas' workers updating one device's model at once (optimistic transactions): nothing is lost
-    other = RedisJobQueue(connect(redis_server.url), lambda job_id: None, namespace=store.ns)
-
-    record_step_times_at_once(store, other)
-    model = other.step_times()["cpu"]
-    assert model.evals == 2 * 25 * 8
-    assert model.per_eval(0.01) == pytest.approx(0.05) and model.per_eval(0.05) == pytest.approx(0.15)
-    other.close()

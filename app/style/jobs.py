@@ -130,7 +130,31 @@ class Job:
 class JobQueue(Protocol):
     """What the API and a JobRunner need from a job store. How a worker gets its next job, and how the jobs of a
     dead process are recovered, belong to each backend (SQLiteJobQueue.claim/recover_*, RedisJobQueue.claim_job/
-    recover_dead_workers)."""
+    recover_dead_workers).
+
+    The contract both stores keep (tests/test_job_store_contract.py runs it over each):
+
+    * submit() refuses with QueueFull(queued, max_queued, owner=None) when `max_queued` jobs are queued, else,
+      for an `owner` (not None) with max_queued_per_owner > 0, with QueueFull(mine, max_queued_per_owner, owner)
+      when that many of the owner's are queued; the queue is checked first. Only queued jobs count; jobs without
+      an owner are never held to the per-owner cap. A refused submit leaves nothing stored.
+    * `owner=None` in list() and count() means every job (owned or not); a name means that owner's jobs only
+      (never those submitted without an owner). list() is newest first with the total of the same selection.
+    * count(status, owner) knows every status in STATUSES and raises ValueError for anything else. Queued and
+      running counts are cheap in both stores (the API reads them on every submit, /metrics on every scrape); a
+      finished status is counted over the finished jobs kept (RESULT_TTL), which in Redis reads each of them.
+    * queue_position is 1-based over the whole queue (whoever owns the jobs), None unless queued.
+    * A worker's writes (update_progress, finish, fail, mark_cancelled) apply only while the job runs and, with
+      `worker` given, only on that worker; they answer False otherwise and change nothing. cancel() answers the
+      job (unchanged once finished; None when unknown); delete() removes a finished job and its files from every
+      listing (False when unknown) and refuses an unfinished one with ValueError; cleanup(ttl_s) does the same for
+      jobs finished more than ttl_s ago and answers how many.
+    * read_file() gives a job's inputs while it waits or runs, the preview while it runs, the result once it
+      succeeded, None for anything absent. Whether the inputs stay readable once a job finished is the store's
+      (Redis drops them at once, SQLite with the job).
+    * Where a released or recovered job goes back in the queue is the store's (SQLite: its old place, Redis: the
+      back); either way it keeps its owner.
+    """
 
     def read_file(self, job_id: str, name: str) -> bytes | None: ...
     def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
@@ -366,6 +390,9 @@ class SQLiteJobQueue:
         return jobs, total
 
     def count(self, status: str, owner: str | None = None) -> int:
+        """Jobs in `status` (any of STATUSES; ValueError otherwise), of `owner` only when given."""
+        if status not in STATUSES:
+            raise ValueError(f"count() knows {', '.join(STATUSES)}, not {status!r}")
         if owner is None:
             return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
         return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND owner = ?",

@@ -46,8 +46,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from app.style.jobs import (
-    CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull, StepTimes,
-    job_inputs, new_job_id, now,
+    CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull,
+    StepTimes, job_inputs, new_job_id, now,
 )
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,9 @@ local function forget_owner(id)
   local owner = redis.call('hget', jkey(id), 'owner')
   if owner and owner ~= '' then redis.call('zrem', ns .. ':owned:' .. owner, id) end
 end
-local function owned(id, worker)
+local function owned(id, worker)  -- worker '' (None): whichever worker runs it
   local rec = redis.call('hmget', jkey(id), 'status', 'worker')
-  return rec[1] == 'running' and rec[2] == worker
+  return rec[1] == 'running' and (worker == '' or rec[2] == worker)
 end
 """
 
@@ -175,8 +175,11 @@ if status == 'succeeded' then
   redis.call('lpush', ns .. ':durations', tostring(at - tonumber(redis.call('hget', jkey(id), 'started_at'))))
   redis.call('ltrim', ns .. ':durations', 0, %d)
 end
+local ran_on = redis.call('hget', jkey(id), 'worker')
 finish(id, status, at, keep_ms)
-redis.call('set', ns .. ':worker:' .. worker, '', 'KEEPTTL')
+if ran_on and ran_on ~= '' and redis.call('get', ns .. ':worker:' .. ran_on) == id then
+  redis.call('set', ns .. ':worker:' .. ran_on, '', 'KEEPTTL')  -- idle now
+end
 return 1
 """ % (DURATIONS_KEPT - 1)
 
@@ -193,7 +196,7 @@ return 1
 # ARGV: ns, id, worker -> 1 when handed back
 _RELEASE = _LUA_COMMON + """
 local id, worker = ARGV[2], ARGV[3]
-if not owned(id, worker) then return 0 end
+if worker == '' or not owned(id, worker) then return 0 end
 requeue(id, '')
 redis.call('hincrby', jkey(id), 'attempts', -1)
 redis.call('set', ns .. ':worker:' .. worker, '', 'KEEPTTL')
@@ -378,18 +381,31 @@ class RedisJobQueue:
 
     @_store_call
     def list(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
-        """Newest first, and the total number of jobs, of `owner` only when given (ids whose record expired are
-        dropped from the index)."""
+        """Newest first, and the total number of jobs, of `owner` only when given.
+
+        A finished record that Redis expired by itself (no replica ran cleanup() for an hour past RESULT_TTL) leaves
+        its id in the indexes; the ids met on the page are dropped (from the owner's index and the listing of
+        everything) and the page read again, so a page is never short of live jobs that exist."""
         index = self._key("owned", owner) if owner is not None else self._key("jobs")
-        ids = [i.decode() for i in self.client.zrevrange(index, offset, offset + limit - 1)]
-        jobs = self._jobs(ids)
-        expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
-        if expired:
-            self.client.zrem(index, *expired)
-        return [job for job in jobs if job is not None], self.client.zcard(index)
+        while True:
+            ids = [i.decode() for i in self.client.zrevrange(index, offset, offset + limit - 1)]
+            jobs = self._jobs(ids)
+            expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
+            if not expired:
+                return jobs, self.client.zcard(index)
+            pipe = self.client.pipeline(transaction=False)
+            for key in {index, self._key("jobs")}:
+                pipe.zrem(key, *expired)
+            pipe.zrem(self._key("finished"), *expired)
+            pipe.execute()
 
     @_store_call
     def count(self, status: str, owner: str | None = None) -> int:
+        """Jobs in `status` (any of STATUSES; ValueError otherwise), of `owner` only when given. Queued and running
+        jobs without an owner are one command; otherwise each candidate's record is read (a finished status reads
+        every finished job kept, up to RESULT_TTL's worth)."""
+        if status not in STATUSES:
+            raise ValueError(f"count() knows {', '.join(STATUSES)}, not {status!r}")
         if status == QUEUED and owner is None:
             return self.client.zcard(self._key("queued"))
         if status == RUNNING and owner is None:
@@ -399,11 +415,13 @@ class RedisJobQueue:
         elif status == RUNNING:
             ids = self.client.smembers(self._key("running"))
         else:
-            raise ValueError(f"count() knows queued and running, not {status!r}")
+            ids = self.client.zrange(self._key("finished"), 0, -1)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(self._key("job", job_id.decode()), "owner")
-        return sum(1 for found in pipe.execute() if found is not None and found.decode() == owner)
+            pipe.hmget(self._key("job", job_id.decode()), "status", "owner")
+        wanted = (status.encode(), None if owner is None else owner.encode())
+        return sum(1 for found, mine in pipe.execute()
+                   if found == wanted[0] and (owner is None or mine == wanted[1]))
 
     @_store_call
     def read_file(self, job_id: str, name: str) -> bytes | None:
