@@ -14,7 +14,7 @@ logger = logging.getLogger("app.style")
 
 
 def install(app: FastAPI) -> None:
-    from app.api.routes.style import router
+    from app.style.api import router
 
     app.include_router(router)
     app.add_exception_handler(JobStoreUnavailable, job_store_unavailable)
