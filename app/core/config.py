@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     inline_decode_pixels: int = Field(65_536, ge=0, description="images up to this many pixels are decoded on "
                                       "the event loop (cheaper than a thread hop); larger ones in worker threads")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    inference_backend: str = Field("auto", pattern=r"(?i)^(auto|torch|onnxruntime)$", description="what runs the "
+                                   "classifiers' forward passes: torch; onnxruntime (the committed ONNX exports, on "
+                                   "the CPU only); auto: ONNX Runtime per model where it is measured faster at "
+                                   "startup on the CPU, torch otherwise and always on CUDA")
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
     log_format: str = Field("text", pattern=r"(?i)^(text|json)$", description="text, or json: one JSON object "
                             "per log line")
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
                                         "one that sends nothing, or one between two requests")
     body_timeout_s: float = Field(30.0, gt=0, description="seconds a request body may go without a byte "
                                   "arriving; then 408 and the connection closed")
+    min_body_rate_bytes_s: int = Field(1024, ge=0, description="bytes/s a request body must average once it has "
+                                       "had BODY_TIMEOUT_S to start (a body of N bytes gets BODY_TIMEOUT_S + N / "
+                                       "this seconds); slower is answered 408 and the connection closed; 0: off")
     max_concurrent_uploads: int = Field(16, ge=1, description="large request bodies (over LARGE_UPLOAD_BYTES) "
                                         "received at once; one more is answered 503 with Retry-After")
     large_upload_bytes: int = Field(1024 * 1024, ge=0, description="a request body over this many bytes "
