@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from tests.test_api import digit_image, encode
 from tests.test_e2e import running_server
@@ -28,10 +30,12 @@ pytestmark = pytest.mark.slow
 HEADER_TIMEOUT_S = 2
 KEEP_ALIVE_TIMEOUT_S = 1
 BODY_TIMEOUT_S = 2
+MIN_BODY_RATE_BYTES_S = 4096
 MAX_CONCURRENT_UPLOADS = 3
 ENV = {"DEVICE": "cpu", "JOB_WORKERS": "0", "TORCH_THREADS": "1", "HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
        "KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_TIMEOUT_S), "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-       "MAX_CONCURRENT_UPLOADS": str(MAX_CONCURRENT_UPLOADS)}
+       "MIN_BODY_RATE_BYTES_S": str(MIN_BODY_RATE_BYTES_S), "MAX_CONCURRENT_UPLOADS": str(MAX_CONCURRENT_UPLOADS)}
+LINGER_S = 2  # app/server/protocol.py: how long a connection ended after its answer waits for the client's close
 MAX_HEADER_BYTES = 64 * 1024  # the default, left as it is
 MiB = 1024 * 1024
 BOUNDARY = "limits-test-boundary"
@@ -347,6 +351,130 @@ def test_uploads_beyond_the_cap_get_503(server):
     # The slots came back: a large upload is read again (and refused for what it is, not for the cap).
     accepted = _chunked_upload(server, 2 * MiB)
     assert status_of(accepted) in (400, 415, 422), accepted[:300]
+
+
+# --- item 4: bodies trickled just inside the read timeout, and bodies still arriving after an early answer --------
+
+def _trickle_until_answered(sock: socket.socket, every_s: float, for_s: float) -> bytes:
+    """One byte every `every_s` (never long enough for BODY_TIMEOUT_S) until the server answers or `for_s` passes."""
+    started = time.monotonic()
+    while time.monotonic() - started < for_s:
+        if not send_quietly(sock, b"\0"):
+            break
+        if select.select([sock], [], [], every_s)[0]:
+            break
+    return read_until_closed(sock)
+
+
+@pytest.mark.parametrize("path, field", UPLOAD_ROUTES, ids=["style-jobs", "digits-predict"])
+def test_a_body_trickled_inside_the_read_timeout_is_ended_by_the_minimum_rate(server, path, field):
+    """1 byte every 0.5 s: BODY_TIMEOUT_S (2 s) never passes between two bytes, and POST /v1/style/jobs has no
+    REQUEST_TIMEOUT_S; the minimum rate ends the body as its head start (BODY_TIMEOUT_S) runs out."""
+    sock = start_upload(server, path, field, declared=64 * 1024, sent=0)
+    started = time.monotonic()
+    with healthz_watch(server):
+        raw = _trickle_until_answered(sock, every_s=0.5, for_s=BODY_TIMEOUT_S + 8)
+    took = time.monotonic() - started
+    assert_refused(raw, 408, "MIN_BODY_RATE_BYTES_S")
+    assert f"at least {MIN_BODY_RATE_BYTES_S} bytes/s" in detail_of(raw), detail_of(raw)
+    assert BODY_TIMEOUT_S - 0.2 < took < BODY_TIMEOUT_S + 2, took
+
+
+def test_a_slow_but_steady_upload_passes_the_minimum_rate(server):
+    """A real photo after a pause at its start (inside the head start), then sent at 1.5 times the minimum rate
+    until well past BODY_TIMEOUT_S, is classified as usual: the rate bounds tricklers, not slow connections."""
+    photo = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 72, 3), dtype=np.uint8)))
+    start, length = multipart_head("file", len(photo))
+    body = start + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+    sock = connect(server)
+    sock.sendall(f"POST /v1/objects/predict HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
+                 f"boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n".encode())
+    piece, rate = 512, MIN_BODY_RATE_BYTES_S * 1.5
+    started = time.monotonic()
+    time.sleep(BODY_TIMEOUT_S * 0.6)
+    for offset in range(0, len(body), piece):
+        assert send_quietly(sock, body[offset:offset + piece]), "the server cut a body sent above the rate"
+        time.sleep(piece / rate)
+    took = time.monotonic() - started
+    raw = read_until_closed(sock)
+    assert took > BODY_TIMEOUT_S + 1, f"the body took {took:.1f} s: not past the head start, nothing was shown"
+    assert status_of(raw) == 200, raw[:400]
+    assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["label"]
+
+
+def _head(method: str, path: str, declared: int, content_type: str = "application/octet-stream") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+
+
+def assert_ended_while_trickling(sock: socket.socket, status: int) -> bytes:
+    """The client keeps trickling its body after the early answer: the answer must say Connection: close, the
+    client must be sent the end of the connection at once, and the server must close its side within LINGER_S
+    (a send is then refused) rather than read the trickle for good."""
+    started = time.monotonic()
+    raw, ended_at, closed_at = b"", None, None
+    while time.monotonic() - started < LINGER_S + 6:
+        if select.select([sock], [], [], 0.2)[0]:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+                closed_at = closed_at or time.monotonic() - started
+            if not chunk and ended_at is None:
+                ended_at = time.monotonic() - started
+            raw += chunk
+        if closed_at is None and not send_quietly(sock, b"x"):
+            closed_at = time.monotonic() - started
+        if closed_at is not None:
+            break
+    assert status_of(raw) == status, raw[:400]
+    assert headers_of(raw)["connection"] == "close", raw[:400]
+    assert ended_at is not None and ended_at < 1.5, f"the end of the answer came at {ended_at} s"
+    assert closed_at is not None, f"the server was still reading the trickled body after {LINGER_S + 6} s"
+    assert closed_at < LINGER_S + 2, closed_at
+    return raw
+
+
+EARLY_ANSWERS = [
+    (415, _head("POST", "/v1/digits/predict", 1024 * 1024, "application/xml"), "unsupported content type"),
+    (404, _head("POST", "/v1/no-such-route", 1024 * 1024), "not found: /v1/no-such-route"),
+    (413, _head("POST", "/v1/style/jobs", 64 * MiB, "multipart/form-data; boundary=x"), "MAX_UPLOAD_BYTES"),
+]
+
+
+@pytest.mark.parametrize("status, head, words", EARLY_ANSWERS, ids=["415", "404", "413"])
+def test_a_body_still_trickling_after_an_early_answer_does_not_hold_the_connection(server, status, head, words):
+    sock = connect(server)
+    sock.sendall(head + b"x" * 100)
+    with healthz_watch(server):
+        raw = assert_ended_while_trickling(sock, status)
+    assert words in detail_of(raw), detail_of(raw)
+
+
+def test_a_body_still_trickling_after_a_401_does_not_hold_the_connection(tiny_weights_dir, tmp_path):
+    """With API_KEYS the 401 comes before any body byte is read (app/core/security.py)."""
+    context, tmpdir = _serve(tiny_weights_dir, tmp_path, API_KEYS="alice:sekret")
+    with context as (process, base_url, log_path):
+        server = Server(psutil.Process(process.pid), base_url, int(base_url.rsplit(":", 1)[1]), tmpdir, log_path)
+        start, length = multipart_head("content", 9 * MiB)
+        sock = connect(server)
+        sock.sendall(_head("POST", "/v1/style/jobs", length, f"multipart/form-data; boundary={BOUNDARY}") + start)
+        with healthz_watch(server):
+            raw = assert_ended_while_trickling(sock, 401)
+        assert "missing API key" in detail_of(raw)
+        assert not server.temp_files()
+
+
+def test_an_early_answer_whose_body_has_arrived_keeps_the_connection(server):
+    """The close is only for bodies still arriving: a refused request sent whole, with a second one pipelined
+    behind it, gets both answers on the same connection."""
+    sock = connect(server)
+    sock.sendall(_head("POST", "/v1/digits/predict", 5, "application/xml") + b"<x/>\n"
+                 + b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    raw = read_until_closed(sock)  # the idle timeout closes it after the second answer
+    first, _, second = raw.partition(b"HTTP/1.1 200")
+    assert status_of(first) == 415 and "connection" not in headers_of(first), raw[:600]
+    assert second.endswith(b'{"status":"ok"}'), raw[:600]
 
 
 # --- item 3: SIGTERM ----------------------------------------------------------------------------------------------

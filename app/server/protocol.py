@@ -8,6 +8,12 @@ got a 200) and waits for it forever. `BoundedHttpToolsProtocol` adds, per connec
 - a head timeout (HEADER_TIMEOUT_S), from the first bytes of a request head to its end; then 408;
 - the idle timeout (uvicorn's timeout_keep_alive, KEEP_ALIVE_TIMEOUT_S) armed on a new connection too: uvicorn arms
   it only after a response, so a connection that never sent a byte stayed open for good;
+- an answer sent before its request body has all arrived (a 401, a 413 from Content-Length, a 404 or 415 that
+  needs no body: the app answers without reading) ends the connection. Plain uvicorn keeps such a connection for a
+  next request and drops the rest of the body as it comes, for as long as it comes: every byte received cancels the
+  idle timeout, so a body trickled after a 401 held the connection for good. Here the answer carries
+  Connection: close, and once it is sent the connection is half-closed (the client reads the whole answer, then
+  the end), what still arrives is dropped unread, and it is closed when the client closes or after LINGER_S;
 - a bounded graceful shutdown: uvicorn lets in-flight requests run for timeout_graceful_shutdown (SHUTDOWN_GRACE_S),
   then cancels their tasks but leaves their connections open; here every connection still open at that moment is
   closed (answered 503 first when its response had not started), so the lifespan shutdown runs after.
@@ -29,7 +35,7 @@ from asyncio import TimerHandle
 from dataclasses import dataclass
 from functools import lru_cache
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from app.core.config import Settings, get_settings
 
@@ -61,6 +67,29 @@ def error_response(status: int, detail: str, default_headers: list[tuple[bytes, 
     head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
              b"connection: close\r\n\r\n"]
     return b"".join(head) + body
+
+
+class _CycleTransport:
+    """The connection as one request's RequestResponseCycle sees it: uvicorn writes the answer and, for an answer
+    that ends the connection, closes it through this. A close while the request body is still arriving becomes
+    the protocol's lingering close (closing at once would reset a client still sending and could lose the answer)."""
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol, cycle: RequestResponseCycle):
+        self._protocol = protocol
+        self._cycle = cycle
+        self._transport = protocol.transport
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol._close_after(self._cycle)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -137,7 +166,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = self._head_begun = False
         self._head_streamed = 0
         self._heads_done += 1
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request (not an upgrade): its cycle answers through the bounds below
+            self._bind(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -152,6 +184,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_parsed += size
         if self._head_parsed > self.head_limits.max_header_bytes:
             self._refuse_oversized_head()
+
+    # -- answers sent before the request body arrived -------------------------------------------------------------
+
+    def _bind(self, cycle: RequestResponseCycle) -> None:
+        cycle.transport = _CycleTransport(self, cycle)  # type: ignore[assignment]
+        send = cycle.send
+
+        async def send_ending_unread_bodies(message) -> None:
+            if message["type"] == "http.response.start" and not cycle.response_started and cycle.more_body:
+                cycle.keep_alive = False  # uvicorn then writes Connection: close and ends the connection after it
+            await send(message)
+
+        cycle.send = send_ending_unread_bodies  # type: ignore[method-assign]  # run_asgi hands the app cycle.send
+
+    def _close_after(self, cycle: RequestResponseCycle) -> None:
+        """uvicorn closes the connection after an answer (or a failure): with the request body still arriving, the
+        client is sent the end and given LINGER_S to read the answer and close, what it still sends dropped."""
+        if self._refused and self._end_timer is not None:
+            return  # lingering already
+        if cycle.more_body and not cycle.disconnected and self._linger():
+            return
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refused:  # lingering: the end timer closes the connection, not the idle timeout
+            self._unset_keepalive_if_required()
 
     # -- refusals -----------------------------------------------------------------------------------------------
 
@@ -181,12 +240,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.transport.write(error_response(status, detail, self.server_state.default_headers))
-        if not self.transport.can_write_eof():
+        if not self._linger():
             self.transport.close()
-            return
-        self.transport.write_eof()  # the client reads the answer, then sees the end; its close closes ours
+
+    def _linger(self) -> bool:
+        """Half-close: the client reads what was written, then sees the end; its close closes ours (eof_received),
+        or LINGER_S does. What it still sends is dropped. False where the transport cannot half-close (TLS)."""
+        if self.transport.is_closing() or not self.transport.can_write_eof():
+            return False
+        self._refused = True
+        self.transport.write_eof()
         self._cancel_end_timer()
         self._end_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        return True
 
     def _response_in_progress(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
