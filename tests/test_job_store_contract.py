@@ -1,8 +1,8 @@
-"""One contract over both job stores (issue 15): every test here runs against a real SQLiteJobQueue (a temporary
-DATA_DIR) and a real RedisJobQueue (a real redis-server), through the JobQueue protocol only.
+"""One contract over both job stores (issue 15): every test here runs against a real SQLiteJobStore (a temporary
+DATA_DIR) and a real RedisJobStore (a real redis-server), through the JobStore protocol only.
 
 What is not the same in the two, and so not here: how a worker gets a job and how a dead one's jobs come back
-(SQLiteJobQueue.claim/recover_*: tests/test_style_jobs.py; RedisJobQueue.claim_job/recover_dead_workers, the Lua
+(SQLiteJobStore.claim/recover_*: tests/test_style_jobs.py; RedisJobStore.claim_job/recover_dead_workers, the Lua
 scripts, heartbeats, dispatch: tests/test_style_redis_store.py), where a released or recovered job goes in the
 queue (its old place in SQLite, the back in Redis), and whether a finished job's inputs stay readable (Redis drops
 them at once, SQLite with the job). The backends below only make a job run and look old; the assertions are the
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from app.style import jobs as J
-from app.style.jobs import JobQueue, QueueFull, SQLiteJobQueue
-from app.style.redis_queue import RedisJobQueue, connect
+from app.style.jobs import JobStore, QueueFull
+from app.style.sqlite_store import SQLiteJobStore
+from app.style.redis_store import RedisJobStore, connect
 from tests.redis_server import RedisServer
 
 PARAMS = {"size": 64, "steps": 3}
@@ -32,7 +33,7 @@ class SQLiteBackend:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.store = SQLiteJobQueue(folder)
+        self.store = SQLiteJobStore(folder)
 
     def start(self, job_id: str, worker: str) -> J.Job:
         """`job_id` (the oldest queued job) now running on `worker`."""
@@ -50,9 +51,9 @@ class SQLiteBackend:
             "SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() else []
         return found + [str(p) for p in [self.store.files_dir / job_id] if p.exists()]
 
-    def another(self) -> JobQueue:
+    def another(self) -> JobStore:
         """A second handle on the same store, as another process would open it."""
-        return SQLiteJobQueue(self.folder)
+        return SQLiteJobStore(self.folder)
 
     def close(self) -> None:
         self.store.close()
@@ -65,7 +66,7 @@ class RedisBackend:
         self.server = server
         self.ns = f"contract-{secrets.token_hex(4)}"
         self.sent: list[str] = []
-        self.store = RedisJobQueue(connect(server.url), self.sent.append, namespace=self.ns, result_ttl_s=60)
+        self.store = RedisJobStore(connect(server.url), self.sent.append, namespace=self.ns, result_ttl_s=60)
 
     def start(self, job_id: str, worker: str) -> J.Job:
         assert self.store.active_jobs() and next(j for j in self.store.active_jobs() if j.status == J.QUEUED).id \
@@ -88,8 +89,8 @@ class RedisBackend:
         found += [index for index in indexes if client.zscore(index, job_id) is not None]
         return found + ([f"{self.ns}:running"] if client.sismember(f"{self.ns}:running", job_id) else [])
 
-    def another(self) -> JobQueue:
-        return RedisJobQueue(connect(self.server.url), lambda job_id: None, namespace=self.ns)
+    def another(self) -> JobStore:
+        return RedisJobStore(connect(self.server.url), lambda job_id: None, namespace=self.ns)
 
     def close(self) -> None:
         self.store.close()
@@ -112,11 +113,11 @@ def backend(request, tmp_path):
 
 
 @pytest.fixture
-def store(backend) -> JobQueue:
+def store(backend) -> JobStore:
     return backend.store
 
 
-def submit(store: JobQueue, owner: str | None = None, max_queued: int = 100, per_owner: int = 0,
+def submit(store: JobStore, owner: str | None = None, max_queued: int = 100, per_owner: int = 0,
            job_id: str | None = None, content_size: tuple[int, int] | None = None) -> J.Job:
     return store.submit(PARAMS, 3, CONTENT, STYLES, max_queued, job_id=job_id, content_size=content_size,
                         owner=owner, max_queued_per_owner=per_owner)
@@ -129,7 +130,7 @@ def ids(jobs: list[J.Job]) -> list[str]:
 # --------------------------------------------------------------------------------------------- submit, get, read
 
 def test_implements_the_protocol(store):
-    assert isinstance(store, JobQueue)
+    assert isinstance(store, JobStore)
 
 
 def test_submit_answers_the_queued_job_that_get_reads_back(store):

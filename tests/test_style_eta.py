@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.style.jobs import QUEUED, RUNNING, EtaBoard, Job, StepTimes, job_stages, run_seconds
+from app.style.eta import EtaBoard, StepTimes, job_stages, run_seconds
+from app.style.jobs import QUEUED, RUNNING, Job
 from tests.test_e2e import start_server, stop, wait_until_ready
 from tests.test_style_api import files
 from tests.test_style_e2e import read_events

@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.core.errors import APIError
 from app.core.lifecycle import ShutdownSignal
 from app.style import jobs as J
+from app.style.sqlite_store import SQLiteJobStore
 from app.style.events import SHUTDOWN, UNREACHABLE, JobEventHub, json_safe, sse
 from tests.test_style_e2e import LONG_STEPS, server, submit
 from tests.test_style_api import wait_for
@@ -29,14 +30,14 @@ CPU_WINDOW_S = 3.0
 
 # --------------------------------------------------------------------------------------------- the hub, in process
 
-def queued_job(store: J.SQLiteJobQueue) -> J.Job:
+def queued_job(store: SQLiteJobStore) -> J.Job:
     return store.submit({"size": 64, "steps": 10}, 10, ("content.png", b"png"), [{"preset": "udnie"}], 8)
 
 
 class CountingReads:
     """The real store's get, counted: how many times the hub read the job."""
 
-    def __init__(self, store: J.SQLiteJobQueue):
+    def __init__(self, store: SQLiteJobStore):
         self.store, self.calls = store, 0
 
     def __call__(self, job_id: str) -> J.Job | None:
@@ -60,7 +61,7 @@ def run(coro):
 
 
 def test_hub_one_watcher_for_all_listeners_of_a_job(tmp_path):
-    store = J.SQLiteJobQueue(tmp_path)
+    store = SQLiteJobStore(tmp_path)
     job = queued_job(store)
 
     async def scenario():
@@ -91,7 +92,7 @@ def test_hub_one_watcher_for_all_listeners_of_a_job(tmp_path):
 
 
 def test_hub_slow_listener_keeps_only_the_latest_snapshot(tmp_path):
-    store = J.SQLiteJobQueue(tmp_path)
+    store = SQLiteJobStore(tmp_path)
     job = queued_job(store)
     store.claim("w1")
 
@@ -113,7 +114,7 @@ def test_hub_slow_listener_keeps_only_the_latest_snapshot(tmp_path):
 
 
 def test_hub_caps_deleted_unreachable_and_shutdown(tmp_path):
-    store = J.SQLiteJobQueue(tmp_path)
+    store = SQLiteJobStore(tmp_path)
     first, second = queued_job(store), queued_job(store)
 
     async def scenario():
@@ -157,7 +158,7 @@ def test_hub_caps_deleted_unreachable_and_shutdown(tmp_path):
 
 
 def test_hub_store_unreachable_is_reported_and_retried(tmp_path):
-    store = J.SQLiteJobQueue(tmp_path)
+    store = SQLiteJobStore(tmp_path)
     job = queued_job(store)
     down = threading.Event()
     down.set()
@@ -321,7 +322,7 @@ def test_sigterm_sends_each_open_stream_a_final_event_and_requeues_the_running_j
         kind, data = events[-1]
         assert kind == "shutdown", events[-3:]
         assert data["id"] == job_id and data["status"] in ("queued", "running") and "reconnect" in data["detail"]
-    store = J.SQLiteJobQueue(data_dir)
+    store = SQLiteJobStore(data_dir)
     try:
         back = store.get(running["id"])
         assert back.status == J.QUEUED and back.error is None, back  # handed back to the queue, not failed

@@ -6,19 +6,20 @@ import threading
 import pytest
 
 from app.style import jobs as J
-from app.style.jobs import QueueFull, SQLiteJobQueue
+from app.style.jobs import QueueFull
+from app.style.sqlite_store import SQLiteJobStore
 
 PARAMS = {"size": 64, "steps": 3}
 
 
 @pytest.fixture
-def store(tmp_path) -> SQLiteJobQueue:
-    s = SQLiteJobQueue(tmp_path)
+def store(tmp_path) -> SQLiteJobStore:
+    s = SQLiteJobStore(tmp_path)
     yield s
     s.close()
 
 
-def submit(store: SQLiteJobQueue, max_queued: int = 100) -> J.Job:
+def submit(store: SQLiteJobStore, max_queued: int = 100) -> J.Job:
     return store.submit(PARAMS, 3, ("content.png", b"content-bytes"),
                         [{"file": "style_0.png", "data": b"style-bytes"}, {"preset": "udnie"}], max_queued)
 
@@ -52,13 +53,13 @@ def test_claim_is_oldest_first_and_positions_follow(store):
 
 
 def test_restart_recovery_requeues_once_then_fails(tmp_path):
-    first = SQLiteJobQueue(tmp_path)
+    first = SQLiteJobStore(tmp_path)
     a, b = submit(first), submit(first)
     first.claim("old-worker")
     first.update_progress(a.id, 1, 3, {"total": 1.0}, b"p", "old-worker")
     first.close()  # the process "dies" with a running
 
-    second = SQLiteJobQueue(tmp_path)
+    second = SQLiteJobStore(tmp_path)
     recovered = second.recover_orphans()
     assert [j.id for j in recovered] == [a.id]
     again = second.get(a.id)
@@ -92,14 +93,14 @@ def test_release_puts_a_job_back_in_its_old_place(store):
 
 
 def test_concurrent_claims_never_share_a_job(tmp_path):
-    setup = SQLiteJobQueue(tmp_path)
+    setup = SQLiteJobStore(tmp_path)
     ids = {submit(setup).id for _ in range(40)}
     setup.close()
     claimed: list[list[str]] = [[], [], [], []]
     barrier = threading.Barrier(4)
 
     def claimer(index: int) -> None:
-        own = SQLiteJobQueue(tmp_path)  # its own connection
+        own = SQLiteJobStore(tmp_path)  # its own connection
         barrier.wait(timeout=10)
         while (job := own.claim(f"w{index}")) is not None:
             claimed[index].append(job.id)

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.style import jobs as J
-from app.style.redis_queue import RedisJobQueue, connect
+from app.style.redis_store import RedisJobStore, connect
 from tests.conftest import make_settings, wait_until_ready
 from tests.redis_server import RedisServer
 from tests.test_e2e import free_port
@@ -38,7 +38,7 @@ def sent() -> Sent:
 
 @pytest.fixture
 def store(redis_server, sent):
-    queue = RedisJobQueue(connect(redis_server.url), sent.append, namespace=f"test-{secrets.token_hex(4)}",
+    queue = RedisJobStore(connect(redis_server.url), sent.append, namespace=f"test-{secrets.token_hex(4)}",
                           max_attempts=2, heartbeat_timeout_s=HEARTBEAT_S, result_ttl_s=60, result_max_bytes=1000)
     yield queue
     queue.close()
@@ -168,7 +168,7 @@ def test_finished_records_expire_by_themselves_and_leave_the_listings(store):
 
 
 def test_an_unreachable_redis_is_reported_quickly(sent):
-    store = RedisJobQueue(connect(f"redis://127.0.0.1:{free_port()}/0"), sent.append)
+    store = RedisJobStore(connect(f"redis://127.0.0.1:{free_port()}/0"), sent.append)
     started = time.monotonic()
     for call in (lambda: store.get("x"), lambda: store.count(J.QUEUED), lambda: submit(store)):
         with pytest.raises(J.JobStoreUnavailable, match="unreachable"):

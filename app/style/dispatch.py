@@ -1,6 +1,6 @@
 """Dramatiq on Redis: how style jobs travel from the API replicas to the worker hosts (JOB_BACKEND=redis).
 
-A message carries only a job id; the record and files are in the job store (app/style/redis_queue.py). Dramatiq
+A message carries only a job id; the record and files are in the job store (app/style/redis_store.py). Dramatiq
 gives at-least-once delivery: a message is acknowledged only after its job ends, and the messages of a worker whose
 broker heartbeat stops are put back on the queue by the other workers. The job store makes a second delivery of
 the same job harmless, so both Dramatiq's redelivery and the janitor's re-send can bring a job back.
@@ -13,7 +13,7 @@ import dramatiq
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 
 from app.core.config import Settings
-from app.style.redis_queue import RedisJobQueue, connect
+from app.style.redis_store import RedisJobStore, connect
 
 QUEUE_NAME = "style"
 ACTOR_NAME = "run_style_job"
@@ -48,8 +48,8 @@ def declare_actor(broker: RedisBroker, handle: Callable[[str], None]) -> dramati
                           options={})
 
 
-def redis_store(settings: Settings, broker: RedisBroker) -> RedisJobQueue:
-    return RedisJobQueue(
+def redis_store(settings: Settings, broker: RedisBroker) -> RedisJobStore:
+    return RedisJobStore(
         connect(settings.redis_url), sender(broker), namespace=settings.redis_namespace,
         max_attempts=settings.job_max_attempts, heartbeat_timeout_s=settings.job_heartbeat_timeout_s,
         result_ttl_s=settings.result_ttl, result_max_bytes=settings.style_result_max_bytes)

@@ -29,7 +29,8 @@ from starlette.background import BackgroundTask
 
 from app.core.errors import APIError
 from app.core.lifecycle import ShutdownSignal
-from app.style.jobs import EtaBoard, Job, JobStoreUnavailable
+from app.style.eta import EtaBoard
+from app.style.jobs import Job, JobStoreUnavailable
 
 logger = logging.getLogger("app.style")
 

@@ -47,8 +47,9 @@ from redis.retry import Retry
 
 from app.style.jobs import (
     CANCELLED, FAILED, QUEUED, RUNNING, STATUSES, SUCCEEDED, Job, JobStoreFull, JobStoreUnavailable, QueueFull,
-    StepTimes, job_inputs, new_job_id, now,
+    job_inputs, new_job_id, now,
 )
+from app.style.eta import StepTimes
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,8 @@ def connect(url: str) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), retry_on_error=[redis.exceptions.ConnectionError])
 
 
-class RedisJobQueue:
-    """JobQueue on Redis. `dispatch(job_id)` sends a job to the workers (Dramatiq); it is called after the record
+class RedisJobStore:
+    """JobStore on Redis. `dispatch(job_id)` sends a job to the workers (Dramatiq); it is called after the record
     is written, whenever a job is queued: at submit, after a dead worker's job is re-queued, after a release."""
 
     def __init__(self, client: redis.Redis, dispatch: Callable[[str], None], namespace: str = "model-server",

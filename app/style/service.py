@@ -34,9 +34,9 @@ import torch
 
 from app.core.config import Settings
 from app.style.engine import StyleParams
-from app.style.jobs import (
-    QUEUED, SERVER_STOPPED, WORKER_DIED, EtaBoard, JobQueue, JobStoreUnavailable, SQLiteJobQueue, device_key,
-)
+from app.style.eta import EtaBoard, device_key
+from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobStore, JobStoreUnavailable
+from app.style.sqlite_store import SQLiteJobStore
 from app.style.events import JobEventHub
 from app.style.worker import FAILED, READY, STARTING, WorkerConfig, worker_main
 
@@ -70,7 +70,7 @@ class _StyleServiceBase:
 
     settings: Settings
     device: torch.device
-    store: JobQueue
+    store: JobStore
     _last_cleanup: float
 
     @property
@@ -125,10 +125,10 @@ class _StyleServiceBase:
 class StyleService(_StyleServiceBase):
     settings: Settings
     device: torch.device
-    store: SQLiteJobQueue = field(init=False)
+    store: SQLiteJobStore = field(init=False)
 
     def __post_init__(self):
-        self.store = SQLiteJobQueue(self.settings.data_dir, self.settings.job_max_attempts)
+        self.store = SQLiteJobStore(self.settings.data_dir, self.settings.job_max_attempts)
         self._ctx = multiprocessing.get_context("spawn")
         self._wake = self._ctx.Event()
         self._stop = self._ctx.Event()

@@ -71,7 +71,7 @@ class Worker:
     """The embedded backend's worker process: claims jobs from the SQLite store and runs them."""
 
     def __init__(self, config: WorkerConfig, wake, stop, state=None, error=None):
-        from app.style.jobs import SQLiteJobQueue
+        from app.style.sqlite_store import SQLiteJobStore
 
         self.config = config
         self.id = config.worker_id
@@ -79,7 +79,7 @@ class Worker:
         self.stop = stop
         self.state = state  # multiprocessing.Value("i"): STARTING -> READY | FAILED
         self.error = error  # multiprocessing.Array("c"): the load error, for /readyz
-        self.store = SQLiteJobQueue(Path(config.data_dir))
+        self.store = SQLiteJobStore(Path(config.data_dir))
         self.runner = JobRunner(self.store, self.id, config.max_image_pixels, stopping=self.stopping)
         self.runner.job_waiting = wake.is_set  # set by the API at every submit
 
@@ -139,7 +139,7 @@ class JobRunner:
 
         from app.core.loading import resolve_device
         from app.style.engine import StyleEngine
-        from app.style.jobs import device_key
+        from app.style.eta import device_key
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)

@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 
 from app.core.errors import NotFound, ServiceUnavailable
 from app.core.security import Caller, caller_of
-from app.style.jobs import EtaBoard, Job, JobQueue, JobStoreUnavailable
+from app.style.eta import EtaBoard
+from app.style.jobs import Job, JobStore, JobStoreUnavailable
 from app.style.service import AnyStyleService
 
 logger = logging.getLogger("app.style")
@@ -35,7 +36,7 @@ class AsyncJobStore:
     """The job store's calls the routes make, each in a worker thread: SQLite may wait on a lock and Redis on the
     network; the event loop must not."""
 
-    def __init__(self, store: JobQueue):
+    def __init__(self, store: JobStore):
         self._store = store
 
     async def get(self, job_id: str) -> Job | None:

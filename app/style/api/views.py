@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 from app.core.errors import APIError
-from app.style.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, EtaBoard, Job, iso
+from app.style.eta import EtaBoard
+from app.style.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, Job, iso
 
 
 def job_view(job: Job, base: str, board: EtaBoard | None = None) -> dict:

@@ -1,0 +1,476 @@
+"""The embedded job store: one SQLite file in WAL mode (DATA_DIR/jobs.sqlite3), short transactions, one connection
+per thread and process; each job's files (the uploads, the latest preview, the result) in DATA_DIR/jobs/<id>/,
+written atomically (temp file + rename).
+
+* A worker claim()s the oldest queued job in one IMMEDIATE transaction, so two workers never get the same job.
+* recover_orphans()/recover_worker(): a job left running by a dead process is re-queued (keeping its place)
+  while attempts < max_attempts, else failed with a message saying the server stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+
+from app.style.eta import StepTimes
+from app.style.jobs import (
+    BUSY_TIMEOUT_S, CANCELLED, DB_NAME, DEFAULT_MAX_ATTEMPTS, FAILED, FINISHED, JOBS_DIRNAME, ORPHAN_DIR_AGE_S,
+    PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SERVER_STOPPED, STATUSES, SUCCEEDED, WORKER_DIED, Job, QueueFull,
+    job_inputs, new_job_id, now,
+)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL,
+    losses TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    has_preview INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS step_times (
+    device TEXT PRIMARY KEY,
+    model TEXT NOT NULL
+);
+"""
+
+_COLUMNS = ("seq, id, status, params, inputs, created_at, started_at, finished_at, step, total, losses, error, "
+            "attempts, cancel_requested, worker, has_preview, owner")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync-free, then rename over `path` (readers never see a part)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_os_error():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress_os_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+class _suppress_sqlite_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, sqlite3.Error)
+
+
+class SQLiteJobStore:
+    """The embedded default: one SQLite file in WAL mode, short transactions, one connection per thread/process."""
+
+    def __init__(self, data_dir: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / DB_NAME
+        self.files_dir = self.data_dir / JOBS_DIRNAME
+        self.max_attempts = max_attempts
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's connection, closed together by close()
+        self._opened_lock = threading.Lock()
+        conn = self._connect_new()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:  # a DATA_DIR written before jobs had owners
+                conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs (owner, seq)")
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect_new(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commits only
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._local.conn = self._connect_new()
+            self._local.pid = os.getpid()
+            with self._opened_lock:
+                self._opened.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread); a later call opens a new one."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            with _suppress_sqlite_error():
+                conn.close()
+        self._local = threading.local()
+
+    def _write(self):
+        """A short IMMEDIATE transaction (takes the write lock at once, so read-then-write is atomic)."""
+        return _Transaction(self._conn)
+
+    # ------------------------------------------------------------------ files
+
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.files_dir / job_id
+
+    def read_file(self, job_id: str, name: str) -> bytes | None:
+        """One of a job's files (an input, the preview, the result); None when it is not there."""
+        try:
+            return (self.job_dir(job_id) / name).read_bytes()
+        except (OSError, ValueError):
+            return None
+
+    def _remove_files(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    # ------------------------------------------------------------------ rows
+
+    def _row_to_job(self, row: sqlite3.Row) -> Job:
+        return Job(
+            id=row["id"], status=row["status"], params=json.loads(row["params"]), inputs=json.loads(row["inputs"]),
+            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+            step=row["step"], total=row["total"], losses=json.loads(row["losses"]) if row["losses"] else None,
+            error=row["error"], attempts=row["attempts"], cancel_requested=bool(row["cancel_requested"]),
+            worker=row["worker"], has_preview=bool(row["has_preview"]), seq=row["seq"], owner=row["owner"],
+        )
+
+    def _with_position(self, job: Job, conn: sqlite3.Connection | None = None) -> Job:
+        if job.status == QUEUED:
+            conn = conn or self._conn
+            job.queue_position = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq <= ?", (QUEUED, job.seq)).fetchone()[0]
+        return job
+
+    # ------------------------------------------------------------------ API side
+
+    def submit(self, params: dict, total: int, content: tuple[str, bytes], styles: list[dict],
+               max_queued: int, job_id: str | None = None, content_size: tuple[int, int] | None = None,
+               owner: str | None = None, max_queued_per_owner: int = 0) -> Job:
+        """Write the input files, then insert the queued row if fewer than `max_queued` jobs are waiting (and,
+        for an owner with max_queued_per_owner > 0, fewer than that many of the owner's).
+
+        `content` is (filename, bytes); each style is {"preset": name} or {"file": filename, "data": bytes}."""
+        job_id = job_id or new_job_id()
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True)
+        try:
+            atomic_write(folder / content[0], content[1])
+            for style in styles:
+                if "data" in style:
+                    atomic_write(folder / style["file"], style["data"])
+            inputs = job_inputs(content, styles, content_size)
+            with self._write() as conn:
+                queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
+                if queued >= max_queued:
+                    raise QueueFull(queued, max_queued)
+                if owner is not None and max_queued_per_owner > 0:
+                    mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND owner = ?",
+                                        (QUEUED, owner)).fetchone()[0]
+                    if mine >= max_queued_per_owner:
+                        raise QueueFull(mine, max_queued_per_owner, owner)
+                conn.execute(
+                    "INSERT INTO jobs (id, status, params, inputs, created_at, total, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, QUEUED, json.dumps(params), json.dumps(inputs), now(), int(total), owner))
+                row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                return self._with_position(self._row_to_job(row), conn)
+        except BaseException:
+            self._remove_files(job_id)
+            raise
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._with_position(self._row_to_job(row)) if row else None
+
+    def list(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
+        """Newest first, and the total number of jobs (of `owner` only, when given)."""
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
+        conn = self._conn
+        conn.execute("BEGIN")  # one snapshot for the page and the total
+        try:
+            total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
+            jobs = [self._with_position(self._row_to_job(row), conn) for row in rows]
+        finally:
+            conn.execute("COMMIT")
+        return jobs, total
+
+    def count(self, status: str, owner: str | None = None) -> int:
+        """Jobs in `status` (any of STATUSES; ValueError otherwise), of `owner` only when given."""
+        if status not in STATUSES:
+            raise ValueError(f"count() knows {', '.join(STATUSES)}, not {status!r}")
+        if owner is None:
+            return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND owner = ?",
+                                  (status, owner)).fetchone()[0]
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Queued or running -> cancelled (a running job's worker stops at its next step). None when unknown;
+        a finished job is returned unchanged."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = ?, cancel_requested = 1, finished_at = ? WHERE id = ? AND status IN (?, ?)",
+                (CANCELLED, now(), job_id, QUEUED, RUNNING))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._row_to_job(row) if row else None
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's row and files; False when unknown. Refuses (ValueError) an unfinished job."""
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            if row["status"] not in FINISHED:
+                raise ValueError(f"job {job_id} is {row['status']}; cancel it first")
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._remove_files(job_id)
+        return True
+
+    def mean_run_seconds(self, last: int = 20) -> float | None:
+        row = self._conn.execute(
+            "SELECT AVG(finished_at - started_at) FROM (SELECT finished_at, started_at FROM jobs "
+            "WHERE status = ? AND started_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", (SUCCEEDED, last)).fetchone()
+        return row[0]
+
+    def finished_since(self, since: float) -> list[tuple[str, str, float | None, float]]:
+        """(id, status, started_at, finished_at) of jobs finished after `since` (epoch s), for the metrics."""
+        rows = self._conn.execute(
+            "SELECT id, status, started_at, finished_at FROM jobs WHERE status IN (?, ?, ?) AND finished_at > ?",
+            (*FINISHED, since)).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def active_jobs(self) -> list[Job]:
+        """Every running job, then every queued job in queue order (one snapshot), for the time estimates."""
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+                                  (RUNNING, QUEUED)).fetchall()
+        jobs = [self._row_to_job(row) for row in rows]
+        queued = [job for job in jobs if job.status == QUEUED]
+        for position, job in enumerate(queued, 1):
+            job.queue_position = position
+        return [job for job in jobs if job.status == RUNNING] + queued
+
+    def step_times(self) -> dict[str, StepTimes]:
+        """The measured step-time model of each device kind that ran jobs on this DATA_DIR."""
+        rows = self._conn.execute("SELECT device, model FROM step_times").fetchall()
+        return {row["device"]: StepTimes.from_dict(json.loads(row["model"])) for row in rows}
+
+    def record_step_times(self, device: str, samples: list[tuple[float, int, float]],
+                          head_s: float | None = None, tail_s: float | None = None) -> None:
+        """Fold measured (megapixels, evaluations, seconds) samples and a job's fixed costs into `device`'s model
+        (read-modify-write in one IMMEDIATE transaction: workers updating it at once do not lose samples)."""
+        with self._write() as conn:
+            row = conn.execute("SELECT model FROM step_times WHERE device = ?", (device,)).fetchone()
+            model = StepTimes.from_dict(json.loads(row["model"])) if row else StepTimes.unmeasured(device)
+            model.observe_all(samples, head_s, tail_s)
+            conn.execute("INSERT INTO step_times (device, model) VALUES (?, ?) ON CONFLICT(device) DO UPDATE "
+                         "SET model = excluded.model", (device, json.dumps(model.to_dict())))
+
+    # ------------------------------------------------------------------ worker side
+
+    def claim(self, worker: str) -> Job | None:
+        """The oldest queued job, now running on `worker`; None when nothing is queued."""
+        with self._write() as conn:
+            row = conn.execute("SELECT seq FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, worker = ?, attempts = attempts + 1, step = 0, "
+                "losses = NULL, has_preview = 0, cancel_requested = 0 WHERE seq = ?",
+                (RUNNING, now(), worker, row["seq"]))
+            job = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?", (row["seq"],)).fetchone()
+        return self._row_to_job(job)
+
+    def should_stop(self, job_id: str, worker: str | None = None) -> bool:
+        """True once the job was cancelled, deleted or taken away from `worker` (a cheap indexed read)."""
+        row = self._conn.execute("SELECT status, cancel_requested, worker FROM jobs WHERE id = ?",
+                                 (job_id,)).fetchone()
+        return (row is None or row["status"] != RUNNING or bool(row["cancel_requested"])
+                or (worker is not None and row["worker"] != worker))
+
+    @staticmethod
+    def _owned(worker: str | None) -> tuple[str, tuple]:
+        """The WHERE clause of a worker's writes: the job is still running, and still on this worker."""
+        if worker is None:
+            return "id = ? AND status = 'running'", ()
+        return "id = ? AND status = 'running' AND worker = ?", (worker,)
+
+    def update_progress(self, job_id: str, step: int, total: int, losses: dict | None,
+                        preview_png: bytes | None = None, worker: str | None = None) -> bool:
+        """False when the job is no longer this worker's running job (cancelled meanwhile): stop."""
+        if preview_png is not None:
+            if self.should_stop(job_id, worker) or not self._write_running_file(job_id, PREVIEW_FILE, preview_png):
+                return False
+        where, extra = self._owned(worker)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET step = ?, total = ?, losses = ?, has_preview = has_preview OR ? WHERE {where}",
+                (int(step), int(total), json.dumps(losses) if losses is not None else None,
+                 int(preview_png is not None), job_id, *extra))
+        return cursor.rowcount == 1
+
+    def finish(self, job_id: str, result_png: bytes, losses: dict | None = None,
+               worker: str | None = None) -> bool:
+        """Store the result and mark the job succeeded; False (result discarded) when it was cancelled meanwhile."""
+        if self.should_stop(job_id, worker) or not self._write_running_file(job_id, RESULT_FILE, result_png):
+            return False
+        where, extra = self._owned(worker)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET status = ?, finished_at = ?, step = total, losses = COALESCE(?, losses), "
+                f"error = NULL WHERE {where}",
+                (SUCCEEDED, now(), json.dumps(losses) if losses is not None else None, job_id, *extra))
+        if cursor.rowcount != 1:
+            with _suppress_os_error():
+                (self.job_dir(job_id) / RESULT_FILE).unlink()
+            return False
+        return True
+
+    def fail(self, job_id: str, error: str, worker: str | None = None) -> bool:
+        where, extra = self._owned(worker)
+        with self._write() as conn:
+            cursor = conn.execute(f"UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE {where}",
+                                  (FAILED, now(), error, job_id, *extra))
+        return cursor.rowcount == 1
+
+    def mark_cancelled(self, job_id: str, worker: str | None = None) -> bool:
+        """The worker acknowledges a cancel it saw through cancel_requested (normally cancel() did it already)."""
+        where, extra = self._owned(worker)
+        with self._write() as conn:
+            cursor = conn.execute(f"UPDATE jobs SET status = ?, finished_at = ? WHERE {where}",
+                                  (CANCELLED, now(), job_id, *extra))
+        return cursor.rowcount == 1
+
+    def release(self, worker: str, job_id: str | None = None) -> list[str]:
+        """A worker stopped for a shutdown hands its running job(s) back: queued again in their old place, the
+        attempt not counted. Returns the ids released."""
+        with self._write() as conn:
+            where, args = "status = 'running' AND worker = ?", [worker]
+            if job_id is not None:
+                where += " AND id = ?"
+                args.append(job_id)
+            ids = [r["id"] for r in conn.execute(f"SELECT id FROM jobs WHERE {where}", args).fetchall()]
+            conn.execute(
+                f"UPDATE jobs SET status = 'queued', started_at = NULL, worker = NULL, step = 0, losses = NULL, "
+                f"has_preview = 0, attempts = MAX(attempts - 1, 0) WHERE {where}", args)
+        for released in ids:
+            self._remove_preview(released)
+        return ids
+
+    def _write_running_file(self, job_id: str, name: str, data: bytes) -> bool:
+        """Write a file of a running job; False when its folder is gone (deleted meanwhile)."""
+        try:
+            atomic_write(self.job_dir(job_id) / name, data)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _remove_preview(self, job_id: str) -> None:
+        with _suppress_os_error():
+            (self.job_dir(job_id) / PREVIEW_FILE).unlink()
+
+    # ------------------------------------------------------------------ recovery and retention
+
+    def recover_orphans(self, reason: str = SERVER_STOPPED) -> list[Job]:
+        """Every running job belongs to a process that is gone (call at startup, before starting workers)."""
+        return self._recover("status = ?", (RUNNING,), reason)
+
+    def recover_worker(self, worker: str, reason: str = WORKER_DIED) -> list[Job]:
+        """The running jobs of one dead worker."""
+        return self._recover("status = ? AND worker = ?", (RUNNING, worker), reason)
+
+    def _recover(self, where: str, args: tuple, reason: str) -> list[Job]:
+        """Re-queue (same place in the queue) while attempts remain, else fail with `reason`."""
+        with self._write() as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", args).fetchall()
+            for row in rows:
+                if row["attempts"] < self.max_attempts:
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, started_at = NULL, worker = NULL, step = 0, losses = NULL, "
+                        "has_preview = 0, error = ? WHERE seq = ?",
+                        (QUEUED, f"{reason}; re-queued (attempt {row['attempts']} of {self.max_attempts} "
+                                 f"was interrupted)", row["seq"]))
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE seq = ?",
+                        (FAILED, now(), f"{reason} (attempt {row['attempts']} of {self.max_attempts}); "
+                                        "submit it again", row["seq"]))
+            seqs = [row["seq"] for row in rows]
+            recovered = [self._row_to_job(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE seq IN ({','.join('?' * len(seqs))})", seqs).fetchall()] \
+                if seqs else []
+        for job in recovered:
+            self._remove_preview(job.id)
+        return recovered
+
+    def cleanup(self, ttl_s: float) -> int:
+        """Delete finished jobs older than ttl_s (rows and files), and stray job folders; returns jobs deleted."""
+        cutoff = now() - ttl_s
+        with self._write() as conn:
+            ids = [r["id"] for r in conn.execute(
+                "SELECT id FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ?", (*FINISHED, cutoff)).fetchall()]
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+        for job_id in ids:
+            self._remove_files(job_id)
+        self._remove_stray_dirs()
+        return len(ids)
+
+    def _remove_stray_dirs(self) -> None:
+        try:
+            folders = [p for p in self.files_dir.iterdir() if p.is_dir()]
+        except OSError:
+            return
+        if not folders:
+            return
+        known = {r[0] for r in self._conn.execute("SELECT id FROM jobs").fetchall()}
+        limit = now() - ORPHAN_DIR_AGE_S
+        for folder in folders:
+            with _suppress_os_error():
+                if folder.name not in known and folder.stat().st_mtime < limit:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
