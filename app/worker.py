@@ -30,7 +30,7 @@ from app.core.config import Settings
 
 logger = logging.getLogger("app.worker")
 
-STOP_TIMEOUT_S = 30.0  # how long the running job gets to reach its next step and hand itself back
+JOB_HANDBACK_TIMEOUT_S = 30.0  # how long the running job gets to reach its next step and hand itself back
 CLAIM_RETRY_S = 1.0
 POLL_MS = 100  # longest pause between two looks at the queue
 RESTART_BACKOFF_S = (1.0, 30.0)
@@ -41,7 +41,7 @@ class RedisWorker:
 
     def __init__(self, settings: Settings, device: str):
         from app.style.dispatch import declare_actor, make_broker, redis_store
-        from app.style.worker import JobRunner
+        from app.style.runner import JobRunner
 
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{device.replace(':', '')}"
@@ -120,7 +120,7 @@ class RedisWorker:
             self.stop_requested.wait()
         finally:
             logger.info("worker %s stopping", self.id)
-            worker.stop(timeout=int(STOP_TIMEOUT_S * 1000))
+            worker.stop(timeout=int(JOB_HANDBACK_TIMEOUT_S * 1000))
             try:
                 self.store.forget_worker(self.id)
             except Exception:  # Redis may be down at exit; the key expires by itself
@@ -189,7 +189,7 @@ def supervise(devices: list[str]) -> None:
     for child in running:
         child.terminate()  # SIGTERM: each hands its job back
     for child in running:
-        child.join(STOP_TIMEOUT_S + 5)
+        child.join(JOB_HANDBACK_TIMEOUT_S + 5)
         if child.is_alive():
             child.kill()
 

@@ -50,10 +50,6 @@ class QueueFull(Exception):
         self.owner = owner
 
 
-class JobNotFound(KeyError):
-    pass
-
-
 class JobStoreUnavailable(Exception):
     """The job store cannot be reached (Redis down or restarting): job routes answer 503, and recover by themselves."""
 

@@ -36,7 +36,7 @@ TIMING_FLUSH_S = 2.0  # measured step times reach the job store at least this of
 WARMUP_RUNS = {"cpu": ((64, 3), (128, 3)), "cuda": ((256, 3), (768, 3))}
 STARTING, READY, FAILED = 0, 1, 2  # the embedded worker's `state`
 
-logger = logging.getLogger("app.style.worker")
+logger = logging.getLogger("app.style.runner")
 
 
 @dataclass(frozen=True)

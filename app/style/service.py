@@ -28,6 +28,7 @@ import secrets
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import anyio
 import torch
@@ -38,13 +39,13 @@ from app.style.eta import EtaBoard, device_key
 from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobStore, JobStoreUnavailable
 from app.style.sqlite_store import SQLiteJobStore
 from app.style.events import JobEventHub
-from app.style.worker import FAILED, READY, STARTING, WorkerConfig, worker_main
+from app.style.runner import FAILED, READY, STARTING, WorkerConfig, worker_main
 
 logger = logging.getLogger("app.style")
 
 SUPERVISE_EVERY_S = 0.25
 JANITOR_EVERY_S = 1.0  # JOB_BACKEND=redis: how often each replica looks for jobs of dead workers
-STOP_TIMEOUT_S = 10.0  # how long a worker gets to finish its current step and exit at shutdown
+WORKER_STOP_TIMEOUT_S = 10.0  # how long a worker gets to finish its current step and exit at shutdown
 QUICK_DEATH_S = 10.0  # a worker dying sooner than this after its start counts towards the backoff
 MAX_BACKOFF_S = 30.0
 ETA_CACHE_S = 0.5  # time estimates are recomputed at most this often per process (every poll and stream reads them)
@@ -169,12 +170,12 @@ class StyleService(_StyleServiceBase):
         self.store.close()
 
     def _join_all(self, slots: list[WorkerSlot]) -> None:
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
         for slot in slots:
             slot.process.join(max(0.0, deadline - time.monotonic()))
         for slot in slots:
             if slot.process.is_alive():
-                logger.warning("worker %s did not stop in %.0f s; terminating it", slot.worker_id, STOP_TIMEOUT_S)
+                logger.warning("worker %s did not stop in %.0f s; terminating it", slot.worker_id, WORKER_STOP_TIMEOUT_S)
                 slot.process.terminate()
                 slot.process.join(2.0)
             if slot.process.is_alive():
@@ -364,10 +365,26 @@ class RedisStyleService(_StyleServiceBase):
                 logger.exception("style janitor error")
 
 
-AnyStyleService = StyleService | RedisStyleService
+@runtime_checkable
+class StyleBackend(Protocol):
+    """What the API and the lifespan use of a style service, whichever backend runs the jobs."""
+
+    store: JobStore
+    events: JobEventHub
+
+    @property
+    def default_size(self) -> int: ...
+    @property
+    def workers(self) -> list[dict]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def notify(self) -> None: ...
+    def readiness(self) -> tuple[str, str | None]: ...
+    def retry_after_s(self) -> int: ...
+    def eta_board(self, fresh: bool = False) -> EtaBoard: ...
 
 
-def make_style_service(settings: Settings, device: torch.device) -> AnyStyleService:
+def make_style_service(settings: Settings, device: torch.device) -> StyleBackend:
     if settings.job_backend == "redis":
         return RedisStyleService(settings, device)
     return StyleService(settings, device)

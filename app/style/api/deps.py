@@ -12,20 +12,20 @@ from app.core.errors import NotFound, ServiceUnavailable
 from app.core.security import Caller, caller_of
 from app.style.eta import EtaBoard
 from app.style.jobs import Job, JobStore, JobStoreUnavailable
-from app.style.service import AnyStyleService
+from app.style.service import StyleBackend
 
 logger = logging.getLogger("app.style")
 PREFIX = "/v1/style"
 
 
-def get_service(request: Request) -> AnyStyleService:
+def get_service(request: Request) -> StyleBackend:
     service = getattr(request.app.state, "style_service", None)
     if service is None:
         raise ServiceUnavailable("the server is starting; retry shortly", headers={"Retry-After": "2"})
     return service
 
 
-ServiceDep = Annotated[AnyStyleService, Depends(get_service)]
+ServiceDep = Annotated[StyleBackend, Depends(get_service)]
 
 
 def base_url(request: Request) -> str:
@@ -65,11 +65,11 @@ class AsyncJobStore:
                                        max_queued_per_owner=max_queued_per_owner))
 
 
-def store_of(service: AnyStyleService) -> AsyncJobStore:
+def store_of(service: StyleBackend) -> AsyncJobStore:
     return AsyncJobStore(service.store)
 
 
-async def eta_board_now(service: AnyStyleService, fresh: bool = False) -> EtaBoard | None:
+async def eta_board_now(service: StyleBackend, fresh: bool = False) -> EtaBoard | None:
     """The time estimates now; None (every eta_s null) when they cannot be computed, so a job can always be read."""
     try:
         return await anyio.to_thread.run_sync(service.eta_board, fresh)
@@ -81,7 +81,7 @@ async def eta_board_now(service: AnyStyleService, fresh: bool = False) -> EtaBoa
 
 
 
-async def visible_job(service: AnyStyleService, job_id: str, request: Request | None = None) -> Job:
+async def visible_job(service: StyleBackend, job_id: str, request: Request | None = None) -> Job:
     """The job, if the caller may see it: with API_KEYS a job belongs to the key that submitted it, and another
     owner's job is answered exactly like an unknown one (404), so ids cannot be probed."""
     job = await store_of(service).get(job_id)

@@ -1,6 +1,6 @@
 """Style jobs over HTTP: submit, list, read, watch (server-sent events), fetch the images, cancel and delete.
 
-The optimisation runs in worker processes (app.style.worker), never on the event loop; these routes only
+The optimisation runs in worker processes (app.style.runner), never on the event loop; these routes only
 validate requests, read and write the job store, and stream files.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from app.style.api.schemas import JOB_REQUEST_BODY, StyleJob, StyleJobList, styl
 from app.style.api.views import job_view, not_ready
 from app.style.engine import MAX_STYLES
 from app.style.jobs import PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SUCCEEDED, JobStoreUnavailable, QueueFull
-from app.style.service import AnyStyleService
+from app.style.service import StyleBackend
 
 MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
 SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
@@ -118,7 +118,7 @@ def _disk_full(exc: BaseException) -> bool:
     return "disk is full" in str(exc)  # sqlite3: SQLITE_FULL
 
 
-def queue_full(service: AnyStyleService, full: QueueFull) -> APIError:
+def queue_full(service: StyleBackend, full: QueueFull) -> APIError:
     if full.owner is not None:
         message = (f"you have {full.queued} style jobs waiting, the most one API key may queue "
                    f"(MAX_QUEUED_JOBS_PER_OWNER={full.limit}); submit more when one has started")
