@@ -4,6 +4,10 @@
 - errors are sentences, the API's own detail one click away, and gone when the next action starts;
 - a style job whose server goes away shows the lost connection, and recovers by itself when it is back
   (the server is killed with SIGKILL and started again on the same port and data directory);
+- a server restarted on purpose (SIGTERM: its event streams end with `event: shutdown`) is announced as a restart,
+  never as a lost connection, and the job is followed again when the server is back (same port and data directory);
+- refusals whose reason only the server knows are shown in its words: a job over MAX_JOB_PIXEL_STEPS (422), too
+  many event streams on a job (429; the page polls instead), a key's queue cap (429, MAX_QUEUED_JOBS_PER_OWNER);
 - an event stream cut by a proxy is re-opened; one that cannot be had at all falls back to polling (Playwright cuts
   or blocks the stream) and the page goes back to the stream once it can;
 - a job's time estimate before submitting and its eta while it runs (GET /v1/style/estimate, eta_s);
@@ -18,7 +22,7 @@ import re
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,12 +44,12 @@ class Server:
     """A real uvicorn that a test may kill (SIGKILL, like a crash or a pulled cable) and start again on the same
     port and data directory."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "server.log"
         self.env = {**os.environ, "WEIGHTS_DIR": str(REPO_ROOT / "weights"), "DATA_DIR": str(tmp / "data"),
-                    "DEVICE": "cpu", "JOB_WORKERS": "1"}
+                    "DEVICE": "cpu", "JOB_WORKERS": "1", **env}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -61,6 +65,8 @@ class Server:
             self.process.wait(timeout=20)
 
     def stop(self) -> None:
+        """SIGTERM, as a deployment restarting the server does: open event streams get `event: shutdown`, the
+        running style job goes back to its queue, the process exits."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -146,6 +152,20 @@ def submit_style(page, photo: Path, size: int, steps: int) -> None:
     page.locator("#style-size").fill(str(size))
     page.locator("#style-steps").fill(str(steps))
     page.locator("#style-submit").click()
+
+
+def as_sentence(text: str) -> str:
+    """The server's words as the page writes them (api.js sentence()): a capital first, a full stop last."""
+    text = text.strip()
+    return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
+def watch_connection_states(page) -> None:
+    """window.connectionStates: every connection state the style panel goes through, in order."""
+    page.evaluate("""() => { window.connectionStates = [];
+        new MutationObserver(() => { const s = document.querySelector('#style-job').dataset.connection;
+            if (s && window.connectionStates.at(-1) !== s) window.connectionStates.push(s); })
+        .observe(document.querySelector('#style-job'), { attributes: true, attributeFilter: ['data-connection'] }); }""")
 
 
 def step_shown(page) -> int:
@@ -344,6 +364,135 @@ def test_a_blocked_event_stream_falls_back_to_polling(browser, server, photo):
         page.context.unroute("**/events")
         page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'", timeout=30_000)
         cancel_job(page)
+
+
+def test_a_server_restart_is_announced_and_the_job_resumes_when_it_is_back(browser, server, photo):
+    """SIGTERM mid-job: the stream's last event is `shutdown`; the page says the server is restarting (not that the
+    connection is lost), keeps asking calmly while it is down, and follows the job again, running, once it is back."""
+    with open_page(browser, server) as page:
+        watch_connection_states(page)
+        submit_style(page, photo, size=64, steps=2000)
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'"
+                               " && document.querySelector('#style-progress').value > 0.01", timeout=JOB_TIMEOUT_MS)
+        job_id = page.evaluate("JSON.parse(localStorage.getItem('model-server.style-jobs'))[0].id")
+        assert step_shown(page) > 0
+
+        server.stop()  # SIGTERM, as a deployment restarting the server sends it; waits until the process is gone
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'restarting'",
+                               timeout=15_000)
+        banner = page.locator("#style-connection")
+        assert banner.is_visible()
+        assert banner.inner_text() == "The server is restarting; the job continues when it is back…"
+        assert page.locator("#style-status").inner_text().startswith("Last known: Job running: step ")
+        shot(page.locator("#style"), "server-restarting")
+        time.sleep(7)  # two of its calm tries fail meanwhile (connection refused): still a restart, not a loss
+        assert page.locator("#style-job").get_attribute("data-connection") == "restarting"
+        assert banner.inner_text() == "The server is restarting; the job continues when it is back…"
+
+        server.start()  # same port, same jobs database: the job was handed back to the queue and runs again
+        page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'",
+                               timeout=RESTART_TIMEOUT_MS)
+        states = page.evaluate("window.connectionStates")
+        assert states[0] == "live" and "restarting" in states and states[-1] == "live", states
+        assert "lost" not in states, states
+        assert not page.locator("#style-status").inner_text().startswith("Last known")
+        if banner.is_visible():
+            assert banner.inner_text() == "Reconnected."
+        # the same job, running again, its progress arriving through the re-opened stream
+        page.wait_for_function("document.querySelector('#style-job').dataset.status === 'running'"
+                               " && /step [1-9]/.test(document.querySelector('#style-status').textContent)",
+                               timeout=JOB_TIMEOUT_MS)
+        first = step_shown(page)
+        page.wait_for_function(f"(() => {{ const m = document.querySelector('#style-status').textContent"
+                               f".match(/step (\\d+) of/); return m && +m[1] > {first}; }})()", timeout=JOB_TIMEOUT_MS)
+        job = httpx.get(f"{server.url}/v1/style/jobs/{job_id}", timeout=10).json()
+        assert job["status"] == "running", job
+        shot(page.locator("#style"), "server-restarted")
+        cancel_job(page)
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+def test_refusals_only_the_server_can_explain_are_shown_in_its_words(browser, server, photo):
+    """A job within every field's range but over MAX_JOB_PIXEL_STEPS (422), and a job whose event streams are all
+    taken (STREAMS_PER_JOB, 429): the page shows the server's own sentence, not a guess, and for the streams follows
+    the job by polling, going back to its stream once one is free."""
+    opts = style_options(server)
+    size, steps = opts["limits"]["size"]["max"], opts["limits"]["steps"]["max"]
+    preset = httpx.get(f"{server.url}/v1/style/presets", timeout=10).json()["presets"][0]["name"]
+    form = {"style_preset": preset, "size": str(size), "steps": str(steps)}
+    costly = httpx.post(f"{server.url}/v1/style/jobs", data=form, timeout=30,
+                        files={"content": (photo.name, photo.read_bytes(), "image/png")})
+    assert costly.status_code == 422 and "MAX_JOB_PIXEL_STEPS" in costly.text, costly.text
+    with open_page(browser, server) as page:
+        submit_style(page, photo, size=size, steps=steps)
+        alert = page.locator("#style-error .message")
+        alert.wait_for()
+        assert alert.inner_text() == as_sentence(costly.json()["errors"][0]["msg"])
+        assert page.locator("#style-job").is_hidden()
+        shot(page.locator("#style-form"), "refusal-job-cost")
+
+    # a running job whose every event stream is taken (held open here, as many browser tabs would)
+    job = httpx.post(f"{server.url}/v1/style/jobs", data={**form, "size": "64"}, timeout=30,
+                     files={"content": (photo.name, photo.read_bytes(), "image/png")}).json()
+    events = f"{server.url}/v1/style/jobs/{job['id']}/events"
+    per_job = Settings().streams_per_job
+    with ExitStack() as streams, httpx.Client(timeout=30, limits=httpx.Limits(max_connections=per_job + 4)) as http:
+        for _ in range(per_job):
+            assert streams.enter_context(http.stream("GET", events)).status_code == 200
+        refused = http.get(events)
+        assert refused.status_code == 429 and "STREAMS_PER_JOB" in refused.text, refused.text
+        with open_page(browser, server) as page:
+            page.evaluate(f"localStorage.setItem('model-server.style-jobs', JSON.stringify("
+                          f"[{{id: '{job['id']}', status: 'queued', label: 'a job with every stream taken'}}]))")
+            page.reload()  # the page follows the newest unfinished job of its history
+            page.wait_for_selector("body[data-ready=true]")
+            note = page.locator("#style-connection")
+            page.wait_for_function("document.querySelector('#style-connection').classList.contains('info')"
+                                   " && !document.querySelector('#style-connection').hidden")
+            assert note.inner_text() == (as_sentence(refused.json()["detail"])
+                                         + " This page follows the job by asking the server every few seconds instead.")
+            assert page.locator("#style-job").get_attribute("data-connection") == "polling"
+            page.wait_for_function("/step [1-9]/.test(document.querySelector('#style-status').textContent)",
+                                   timeout=JOB_TIMEOUT_MS)  # followed all the same
+            shot(page.locator("#style"), "refusal-streams-429")
+            streams.close()  # the other tabs close: the page's next try of the stream gets one
+            page.wait_for_function("document.querySelector('#style-job').dataset.connection === 'live'",
+                                   timeout=30_000)
+            assert note.is_hidden()
+            cancel_job(page)
+
+
+def test_a_keys_queue_cap_is_shown_in_the_servers_words(browser, tiny_weights_dir, tmp_path_factory, photo):
+    """With API_KEYS, a key past MAX_QUEUED_JOBS_PER_OWNER is answered 429 naming that cap (not "the queue is
+    full", which is the whole queue's cap); sent with a key as a proxy in front of the page would add it."""
+    own = Server(tmp_path_factory.mktemp("web-truth-keys"), WEIGHTS_DIR=str(tiny_weights_dir), JOB_WORKERS="0",
+                 API_KEYS="alice:alice-key", MAX_QUEUED_JOBS_PER_OWNER="1")
+    own.start()
+    try:
+        with open_page(browser, own) as page:
+            page.set_input_files("#style-content", str(photo))
+            answers = page.evaluate("""async () => {
+                const { api, explain, technicalDetail } = await import('/web/js/api.js');
+                const submit = async () => {
+                    const data = new FormData();
+                    data.append('content', document.querySelector('#style-content').files[0]);
+                    data.append('style_preset', 'starry_night');
+                    data.append('size', '64');
+                    try { return await api('/v1/style/jobs', { method: 'POST', body: data,
+                                                               headers: { 'X-API-Key': 'alice-key' } }); }
+                    catch (err) { return { status: err.status, explained: explain(err), detail: err.detail }; }
+                };
+                return [await submit(), await submit()];
+            }""")
+        queued, refused = answers
+        assert queued["status"] == "queued", queued
+        assert refused["status"] == 429, refused
+        assert "MAX_QUEUED_JOBS_PER_OWNER=1" in refused["detail"]
+        assert refused["explained"] == as_sentence(refused["detail"])
+        assert refused["explained"].startswith("You have 1 style jobs waiting, the most one API key may queue")
+    finally:
+        own.stop()
 
 
 # ------------------------------------------------------------------------------------------------ estimates

@@ -136,6 +136,7 @@ function explain422(err, ctx) {
       text = ctx.what === "reviews" ? `At most ${most} reviews can be classified at once; there are ${given}.`
         : `${name}: at most ${most} at once; there are ${given}.`;
     } else if (e.type === "missing") text = `${name} is missing.`;
+    else if (/MAX_JOB_PIXEL_STEPS/.test(e.msg)) text = e.msg; // every value in range, the job too costly: the server says by how much
     else if (RANGE_TYPES.has(e.type)) text = rangeSentence(field, ctx.limits) ?? boundSentence(name, field, e);
     else text = `${name}: ${String(e.msg || "").replace(/^Value error, /, "")}`;
     out.push(sentence(text));
@@ -179,8 +180,10 @@ export function explain(err, ctx = {}) {
       return `This file is not a picture the server can read. Use ${FORMATS}.`;
     }
     case 422: return explain422(err, ctx);
-    case 429:
-      return `The style queue is full. Try again in ${err.retryAfter ? duration(+err.retryAfter) : "a moment"}.`;
+    case 429: { // the server says which cap it is (the whole queue, this key's jobs, event streams) and what to do
+      const wait = err.retryAfter ? `try again in ${duration(+err.retryAfter)}` : "try again in a moment";
+      return sentence(detail.replace(/\bretry later\b/, wait)) || `Too many requests at once; ${wait}.`;
+    }
     case 401: case 403: return "This server needs an API key, which this page cannot send.";
     case 503:
       if (/job store|redis/i.test(detail)) return "Style jobs are unavailable for a moment. Try again in a few seconds.";

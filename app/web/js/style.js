@@ -1,4 +1,4 @@
-import { $, api, debounce, duration, rangeSentence, showError, styleOptions, uploadTooLarge } from "./api.js";
+import { $, ApiError, api, debounce, duration, explain, rangeSentence, showError, styleOptions, uploadTooLarge } from "./api.js";
 
 const HISTORY_KEY = "model-server.style-jobs";
 const HISTORY_MAX = 30;
@@ -9,6 +9,9 @@ const POLL_MS = 2000; // polling while the stream cannot be had but the server a
 const LOST_BACKOFF_MS = [1000, 2000, 3000, 5000]; // retries while the server cannot be reached
 const QUIET_MS = 25_000; // an open stream silent this long is checked with a GET (the server sends keep-alives)
 const STREAM_RETRY_WHILE_POLLING_MS = 10_000;
+const RESTART_POLL_MS = 3000; // after the server's `shutdown` event (its `retry:` hint): asked this often until it is back
+const RESTARTING = "The server is restarting; the job continues when it is back…";
+const POLLING_INSTEAD = "This page follows the job by asking the server every few seconds instead.";
 const LONG_JOB_S = 60; // a job estimated over this is announced before it is submitted
 const NUMBER_FIELDS = ["size", "steps", "style_weight"]; // form inputs whose default and bounds the API gives
 
@@ -222,25 +225,34 @@ export function initStyle() {
   }
 
   let connectionNoteTimer;
-  /** live: the stream is open; polling: the server answers but the stream does not; lost: no answer. */
-  function setConnection(c, state, err = null) {
+  /** live: the stream is open; polling: the server answers but the stream does not (`note` says why, when the
+   *  server said: a 429); lost: no answer; restarting: the server said it is restarting (its `shutdown` event) and
+   *  has not answered since. */
+  function setConnection(c, state, err = null, note = null) {
     if (c !== current) return;
     const was = panel.dataset.connection;
     panel.dataset.connection = state;
-    if (state === "lost") {
+    if (state === "lost" || state === "restarting") {
       clearTimeout(connectionNoteTimer);
-      connection.className = "conn lost";
+      connection.className = `conn ${state}`;
       const why = !err?.status ? "Connection to the server lost." // it answers, but not about jobs:
         : err.status === 503 ? "Style jobs are unavailable on the server for a moment." // e.g. its job store is down
           : `The server answers this job's status with an error (HTTP ${err.status}).`;
-      connection.textContent = `${why} Trying again by itself every few seconds…`;
+      connection.textContent = state === "restarting" ? RESTARTING : `${why} Trying again by itself every few seconds…`;
       connection.hidden = false;
       if (c.last) status.textContent = `Last known: ${describe(c.last, false)}`;
-    } else if (was === "lost") {
+    } else if (was === "lost" || was === "restarting") {
       connection.className = "conn ok";
       connection.textContent = "Reconnected.";
       connection.hidden = false;
       connectionNoteTimer = setTimeout(() => { connection.hidden = true; }, 6000);
+    } else if (state === "polling" && note) {
+      clearTimeout(connectionNoteTimer);
+      connection.className = "conn info";
+      connection.textContent = note;
+      connection.hidden = false;
+    } else if (state === "live" && connection.classList.contains("info")) {
+      connection.hidden = true; // the stream is back: the reason it was not is old news
     } // else: nothing to say (a "Reconnected." note fades by itself)
   }
 
@@ -327,6 +339,14 @@ export function initStyle() {
       c.polling = false;
       setConnection(c, "live");
     });
+    // the server is stopping (SIGTERM): its last event, then the stream ends. Not an error: the job goes back to its
+    // queue and runs on when the server is back, so the page waits for it calmly instead of counting failures.
+    source.addEventListener("shutdown", () => {
+      if (!mine()) return;
+      source.close();
+      c.source = null;
+      serverRestarting(c);
+    });
     // a message (the server sends the job's status first) shows the stream works: its retries start afresh
     source.addEventListener("status", (e) => {
       if (mine()) { c.seen = Date.now(); c.streamFailures = 0; onStatus(JSON.parse(e.data)); }
@@ -336,15 +356,63 @@ export function initStyle() {
     });
     source.addEventListener("error", () => {
       if (!mine()) return; // the job finished (the stream ends after its last status) or another job is followed
+      const answered = source.readyState === EventSource.CLOSED; // an HTTP error answer, not a lost connection
       source.close();
       c.source = null;
-      c.streamFailures = (c.streamFailures ?? 0) + 1;
-      if (c.streamFailures <= STREAM_RETRIES && !c.polling) {
-        c.timer = setTimeout(() => openStream(c), 300 * c.streamFailures); // re-open a dying stream
-      } else if (!c.polling) {
-        startPolling(c);
-      }
+      if (answered) { streamRefused(c); return; }
+      streamFailed(c);
     });
+  }
+
+  /** A stream that died or could not be had: re-opened (twice), then polling. */
+  function streamFailed(c) {
+    if (c !== current) return;
+    c.streamFailures = (c.streamFailures ?? 0) + 1;
+    if (c.streamFailures <= STREAM_RETRIES && !c.polling) {
+      c.timer = setTimeout(() => openStream(c), 300 * c.streamFailures); // re-open a dying stream
+    } else if (!c.polling) {
+      startPolling(c);
+    }
+  }
+
+  /** The server answered the stream with an error (EventSource does not say which): ask once more with fetch to
+   *  read its answer. A 429 (too many streams on this job or in all) is said in the server's words, and the job
+   *  is followed by polling; anything else is a failed stream as before. */
+  async function streamRefused(c) {
+    const err = await streamAnswer(c);
+    if (c !== current || c.source) return;
+    if (err?.status !== 429) { streamFailed(c); return; }
+    c.streamFailures = STREAM_RETRIES; // polling re-tries the stream now and then; a refusal goes back to polling
+    c.streamTriedAt = Date.now();
+    setConnection(c, "polling", null, `${explain(err)} ${POLLING_INSTEAD}`);
+    if (!c.polling) startPolling(c);
+  }
+
+  /** The stream's refusal as an ApiError, or null when it opens (then closed at once) or cannot be asked. */
+  async function streamAnswer(c) {
+    const stop = new AbortController();
+    try {
+      const response = await fetch(`${jobUrl(c.id)}/events`, {
+        signal: AbortSignal.any([stop.signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]) });
+      if (response.ok) { stop.abort(); return null; }
+      let body = null;
+      try { body = await response.json(); } catch { /* not JSON */ }
+      const detail = typeof body?.detail === "string" ? body.detail : `HTTP ${response.status}`;
+      return new ApiError(response.status, detail, { body, headers: response.headers });
+    } catch { return null; }
+  }
+
+  /** After the server's `shutdown` event: say so, and ask for the job every RESTART_POLL_MS until the server answers;
+   *  then the stream is opened again. Failures meanwhile are the restart, not a lost connection. */
+  function serverRestarting(c) {
+    if (c !== current) return;
+    c.restarting = true;
+    c.polling = true;
+    c.streamFailures = 0;
+    c.streamTriedAt = 0; // once the server answers, the stream is opened again at once
+    clearTimeout(c.timer);
+    setConnection(c, "restarting");
+    c.timer = setTimeout(() => poll(c), RESTART_POLL_MS);
   }
 
   function startPolling(c) {
@@ -362,7 +430,8 @@ export function initStyle() {
       if (c !== current) return;
       c.seen = Date.now();
       c.lostTries = 0;
-      if (panel.dataset.connection === "lost" || !panel.dataset.connection) setConnection(c, "polling");
+      c.restarting = false; // it answers: back (the stream is opened again below)
+      if (["lost", "restarting", undefined].includes(panel.dataset.connection)) setConnection(c, "polling");
       onStatus(job);
       if (c !== current || !c.polling) return;
       // the server answers: try the stream again now and then (polling goes on until it opens)
@@ -378,11 +447,16 @@ export function initStyle() {
         onStatus({ id: c.id, status: "expired" });
         return;
       }
-      setConnection(c, "lost", err);
       if (c.source) { c.source.close(); c.source = null; }
       c.polling = true;
       c.lostTries = (c.lostTries ?? 0) + 1;
       c.streamTriedAt = 0; // once it answers again, re-open the stream at once
+      if (c.restarting && (err.status === 0 || err.status >= 500)) { // still restarting (or starting up)
+        setConnection(c, "restarting");
+        c.timer = setTimeout(() => poll(c), RESTART_POLL_MS);
+        return;
+      }
+      setConnection(c, "lost", err);
       c.timer = setTimeout(() => poll(c), LOST_BACKOFF_MS[Math.min(c.lostTries, LOST_BACKOFF_MS.length) - 1]);
     }
   }
