@@ -13,6 +13,7 @@ from models.objects import CIFAR10_CLASSES
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM
 from training.common import save_model
 from training.evaluate import ARCHITECTURES
+from training.export_onnx import export_all
 
 READY_TIMEOUT_S = 30
 SENTIMENT_WORDS = [PAD, UNK, "good", "bad", "great", "awful", "movie", "film", "the", "a", "is", "was", "not",
@@ -34,14 +35,17 @@ def build_tiny_model(architecture: str, config: dict) -> torch.nn.Module:
     return model
 
 
-def write_tiny_weights(weights_dir: Path, seed: int = 0) -> Path:
-    """Seeded random instances of all four architectures, saved as the training scripts save theirs."""
+def write_tiny_weights(weights_dir: Path, seed: int = 0, onnx: bool = True) -> Path:
+    """Seeded random instances of all four architectures, saved as the training scripts save theirs, and exported
+    to ONNX by the same command as the committed weights (python -m training.export_onnx)."""
     torch.manual_seed(seed)
     for name, (task, architecture, config, classes, default) in TINY_MODELS.items():
         save_model(build_tiny_model(architecture, config), weights_dir, name=name, task=task,
                    architecture=architecture, config=config, classes=classes, default=default,
                    metrics={"dataset": "none", "split": "test", "size": 0, "accuracy": 0.0},
                    hyperparameters={"epochs": 0, "seed": seed}, training_time_s=0.0, trained_on="tests")
+    if onnx:
+        export_all(weights_dir, quiet=True)
     return weights_dir
 
 

@@ -106,7 +106,8 @@ def test_readyz(client):
     assert {k: body[k] for k in ("status", "device", "models")} == {"status": "ready", "device": body["device"],
                                                                     "models": MODEL_NAMES}
     assert body["style"] in ("starting", "ready", "unavailable", "disabled"), body  # style never drives status
-    assert set(body) <= {"status", "device", "models", "error", "style", "style_detail"}
+    assert set(body) <= {"status", "device", "models", "backends", "error", "style", "style_detail"}
+    assert set(body["backends"]) == set(MODEL_NAMES) and set(body["backends"].values()) <= {"torch", "onnxruntime"}
 
 
 def test_models_list(client):
@@ -117,8 +118,9 @@ def test_models_list(client):
     assert by_name["objects-resnet"]["classes"] == CIFAR10_CLASSES
     for model in models:
         for field in ("task", "architecture", "device", "classes", "parameters", "sha256", "metrics",
-                      "hyperparameters", "trained_at", "torch_version"):
+                      "hyperparameters", "trained_at", "torch_version", "backend", "inference"):
             assert model[field] is not None, (model["name"], field)
+        assert model["backend"] == model["inference"]["backend"] in ("torch", "onnxruntime")
         assert model["parameters"] > 0 and len(model["sha256"]) == 64
 
 

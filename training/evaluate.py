@@ -2,6 +2,7 @@
 
     python -m training.evaluate                 # every model in the manifest
     python -m training.evaluate digits-cnn --update-manifest
+    python -m training.evaluate --backend onnxruntime   # the committed ONNX exports, with ONNX Runtime
 """
 import argparse
 import json
@@ -19,11 +20,33 @@ from training.data import load_heldout
 
 ARCHITECTURES = {"DigitsMLP": DigitsMLP, "DigitsCNN": DigitsCNN, "ObjectsResNet": ObjectsResNet,
                  "SentimentLSTM": SentimentLSTM}
+BACKENDS = ("torch", "onnxruntime")
 
 
-def load_model(entry: dict, weights_dir: Path, device: torch.device) -> torch.nn.Module:
+class OnnxModel:
+    """The entry's ONNX export run by ONNX Runtime (as the server runs it), called like the nn.Module it was
+    exported from: the same positional inputs, logits out; anything else (SentimentLSTM.encode) from the module."""
+
+    def __init__(self, module: torch.nn.Module, path: Path):
+        from app.core.backends import OnnxRunner
+
+        self.module = module
+        self.runner = OnnxRunner(path, threads=torch.get_num_threads())
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.runner(dict(zip(self.runner.input_names, (x.cpu() for x in inputs))))
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
+def load_model(entry: dict, weights_dir: Path, device: torch.device, backend: str = "torch"):
     model = ARCHITECTURES[entry["architecture"]](**entry["config"])
     model.load_state_dict(torch.load(weights_dir / entry["file"], map_location="cpu", weights_only=True))
+    if backend == "onnxruntime":
+        if "onnx" not in entry:
+            raise ValueError(f"{entry['name']} has no ONNX export; run python -m training.export_onnx")
+        return OnnxModel(model.eval(), weights_dir / entry["onnx"]["file"])
     return model.to(device).eval()
 
 
@@ -43,9 +66,10 @@ def text_accuracy(model: SentimentLSTM, texts, y: np.ndarray, device, batch_size
 
 
 def measure(entry: dict, weights_dir: Path = WEIGHTS_DIR, heldout_dir: Path = HELDOUT_DIR,
-            device: torch.device = torch.device("cpu")) -> dict:
-    """Accuracy of one manifest entry on its held-out set, in the manifest's metrics format."""
-    model = load_model(entry, weights_dir, device)
+            device: torch.device = torch.device("cpu"), backend: str = "torch") -> dict:
+    """Accuracy of one manifest entry on its held-out set, in the manifest's metrics format; backend
+    onnxruntime runs the entry's ONNX export (on the CPU) instead of the state_dict."""
+    model = load_model(entry, weights_dir, device, backend)
     if entry["task"] == "digits":
         data = load_heldout(heldout_dir, "mnist-test")
         accuracy = image_accuracy(model, digits.to_tensor(data["x"], "cpu"), data["y"], device)
@@ -66,16 +90,19 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--heldout-dir", type=Path, default=HELDOUT_DIR)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="onnxruntime: the committed ONNX exports (CPU), as INFERENCE_BACKEND=onnxruntime serves")
     parser.add_argument("--update-manifest", action="store_true", help="write the measured metrics back")
     args = parser.parse_args()
-    device = pick_device(args.device)
+    device = pick_device("cpu" if args.backend == "onnxruntime" else args.device)
     manifest = json.loads((args.weights_dir / "manifest.json").read_text())
     for name, entry in manifest["models"].items():
         if args.models and name not in args.models:
             continue
-        metrics = measure(entry, args.weights_dir, args.heldout_dir, device)
+        metrics = measure({**entry, "name": name}, args.weights_dir, args.heldout_dir, device, args.backend)
         print(f"{name:16s} {metrics['dataset']} {metrics['split']} ({metrics['size']}): "
-              f"accuracy {metrics['accuracy']:.4f} (manifest {entry['metrics']['accuracy']:.4f}) on {device}")
+              f"accuracy {metrics['accuracy']:.4f} (manifest {entry['metrics']['accuracy']:.4f}) on {device}, "
+              f"{args.backend}")
         if args.update_manifest:
             update_manifest(args.weights_dir, {**entry, "metrics": metrics})
 

@@ -115,6 +115,25 @@ class Calibration(BaseModel):
     sure_accuracy: float | None = None
 
 
+Backend = Literal["torch", "onnxruntime"]
+
+
+class Inference(BaseModel):
+    """What runs the model's forward passes (INFERENCE_BACKEND; app/core/backends.py)."""
+
+    backend: Backend
+    requested: Literal["auto", "torch", "onnxruntime"] = Field(description="the INFERENCE_BACKEND setting")
+    reason: str = Field(description="why this backend: the setting, CUDA, no ONNX export, or auto's measurement")
+    max_abs_diff: float | None = Field(None, description="largest absolute logit difference between ONNX Runtime "
+                                       "and PyTorch on the fixed held-out check inputs at startup (<= 1e-4)")
+    onnxruntime_threads: int | None = None
+    ms_per_batch: dict[str, dict[str, float]] | None = Field(
+        None, description="auto on the CPU: fastest ms per forward pass measured at startup, per backend and batch "
+                          "size")
+    onnxruntime_time_ratio: float | None = Field(None, description="auto: ONNX Runtime's time over PyTorch's "
+                                                 "(geometric mean over the batch sizes); below 1 picks ONNX Runtime")
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
@@ -135,6 +154,8 @@ class ModelInfo(BaseModel):
     trained_on: str | None
     calibration: Calibration | None = Field(None, description="score calibration; null when the scores are the "
                                                               "raw softmax")
+    backend: Backend | None = Field(None, description="what runs the forward passes; null until loaded")
+    inference: Inference | None = Field(None, description="the backend and why; null until loaded")
 
 
 class ModelList(BaseModel):
@@ -149,6 +170,7 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading", "failed"] = Field(description="the classifiers (drives the status code)")
     device: str
     models: list[str] = Field(description="models loaded so far")
+    backends: dict[str, Backend] | None = Field(None, description="the backend each loaded model predicts with")
     error: str | None = None
     style: Literal["ready", "starting", "failed", "unavailable", "disabled"] | None = Field(
         None, description="style jobs: ready (a worker has VGG-19 loaded and the device measured), starting, "

@@ -80,18 +80,36 @@ def _checked_entry(manifest_path: Path, name: str, entry: object) -> dict:
     return {**entry, "name": name, "config": entry.get("config", {}), "default": bool(entry.get("default", False))}
 
 
+ONNX_FIELDS = ("file", "sha256", "check_file", "check_sha256", "weights_sha256")
+ONNX_FIX = "re-export it (python -m training.export_onnx --models {name}) or restore the file"
+
+
+def listed_files(entry: dict) -> list[tuple[str, str, str]]:
+    """(file, sha256, how to fix it) for every file a manifest entry lists: its checkpoint, and its ONNX export
+    and fixed check inputs when it has an "onnx" block (written by python -m training.export_onnx)."""
+    files = [(entry["file"], entry["sha256"], "re-train or restore the file")]
+    onnx = entry.get("onnx")
+    if onnx is None:
+        return files
+    if not isinstance(onnx, dict) or not all(isinstance(onnx.get(f), str) for f in ONNX_FIELDS):
+        raise StartupError(f"manifest: model '{entry['name']}': 'onnx' must be an object with the strings "
+                           f"{', '.join(ONNX_FIELDS)}; {ONNX_FIX.format(name=entry['name'])}")
+    fix = ONNX_FIX.format(name=entry["name"])
+    return [*files, (onnx["file"], onnx["sha256"], fix), (onnx["check_file"], onnx["check_sha256"], fix)]
+
+
 def verify_weights(weights_dir: Path, entries: dict[str, dict]) -> None:
     """Every listed file exists and matches its sha256."""
     for entry in entries.values():
-        path = weights_dir / entry["file"]
-        if not path.is_file():
-            raise StartupError(f"{path}: file listed in the manifest for '{entry['name']}' is missing; "
-                               "re-train or restore the file")
-        actual = sha256_of(path)
-        expected = str(entry["sha256"]).lower()
-        if actual != expected:
-            raise StartupError(f"{path}: sha256 mismatch (expected {expected[:12]}.., got {actual[:12]}..); "
-                               "re-train or restore the file")
+        for file, sha256, fix in listed_files(entry):
+            path = weights_dir / file
+            if not path.is_file():
+                raise StartupError(f"{path}: file listed in the manifest for '{entry['name']}' is missing; {fix}")
+            actual = sha256_of(path)
+            expected = str(sha256).lower()
+            if actual != expected:
+                raise StartupError(f"{path}: sha256 mismatch (expected {expected[:12]}.., got {actual[:12]}..) for "
+                                   f"'{entry['name']}'; {fix}")
 
 
 def verify_assets(weights_dir: Path) -> None:

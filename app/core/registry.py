@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 import app.handlers
+from app.core.backends import verify_backend
 from app.core.batcher import BatcherStats, DynamicBatcher
 from app.core.config import Settings
 from app.core.errors import NotFound, ServiceUnavailable
@@ -74,6 +75,7 @@ class ModelRegistry:
                     for name, entry in entries.items()}
         verify_weights(weights_dir, entries)
         verify_assets(weights_dir)
+        verify_backend(entries, settings, device)
         return cls(handlers, device, settings)
 
     @property
@@ -100,8 +102,14 @@ class ModelRegistry:
         batcher.start()
         self._served[handler.name] = ServedModel(handler, batcher)
         self.load_seconds[handler.name] = elapsed = time.perf_counter() - started
-        logger.info("loaded %s (%s, %s parameters) on %s in %.2f s", handler.name, handler.entry["architecture"],
-                    f"{handler.parameters:,}", self.device, elapsed)
+        logger.info("loaded %s (%s, %s parameters) on %s in %.2f s, backend %s (%s)", handler.name,
+                    handler.entry["architecture"], f"{handler.parameters:,}", self.device, elapsed,
+                    handler.inference["backend"], handler.inference["reason"])
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """The backend each loaded model predicts with (torch | onnxruntime)."""
+        return {name: served.handler.inference["backend"] for name, served in self._served.items()}
 
     def batcher_stats(self) -> dict[str, BatcherStats]:
         return {name: served.batcher.stats for name, served in self._served.items()}
@@ -150,6 +158,8 @@ class ModelRegistry:
             "config": entry["config"], "hyperparameters": entry.get("hyperparameters", {}),
             "trained_at": entry.get("trained_at"), "torch_version": entry.get("torch_version"),
             "training_time_s": entry.get("training_time_s"), "trained_on": entry.get("trained_on"),
+            "backend": handler.inference["backend"] if name in self._served else None,
+            "inference": handler.inference if name in self._served else None,
         }
 
 

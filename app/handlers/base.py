@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from app.core.backends import Runner, choose_runner
 from app.core.config import Settings
 from app.core.loading import StartupError, load_state_dict
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
@@ -48,6 +49,9 @@ class ModelHandler(ABC):
     task: ClassVar[str]
     input_kind: ClassVar[str]  # "image" | "text"
     architectures: ClassVar[dict[str, type[nn.Module]]] = {}
+    # The network's named inputs as `collate` makes them, and their variable axes: the ONNX export's signature.
+    onnx_dynamic_axes: ClassVar[dict[str, dict[int, str]]]
+    cpu_inputs: ClassVar[frozenset[str]] = frozenset()  # inputs PyTorch takes on the CPU even on CUDA
 
     def __init__(self, entry: dict, weights_dir: Path, settings: Settings):
         self.entry = entry
@@ -57,6 +61,8 @@ class ModelHandler(ABC):
         self.settings = settings
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
+        self.runner: Runner | None = None  # torch or ONNX Runtime (app/core/backends.py), chosen by setup
+        self.inference: dict | None = None  # which runner and why, for GET /v1/models
         self.calibration = calibration_of(entry)
         # Scores are softmax(logits / T): T fitted on held-out data so that a score means what it says.
         self.temperature: float = float(self.calibration.get("temperature", 1.0)) if self.calibration else 1.0
@@ -68,7 +74,8 @@ class ModelHandler(ABC):
         return sum(p.numel() for p in self.model.parameters())
 
     def setup(self, device: torch.device) -> None:
-        """Build the network from the manifest entry, load its weights, move it to `device`, check it runs."""
+        """Build the network from the manifest entry, load its weights, move it to `device`, pick the backend
+        (INFERENCE_BACKEND; an ONNX export is checked against PyTorch first), check it runs."""
         try:
             model = self.architectures[self.entry["architecture"]](**self.entry["config"])
             model.load_state_dict(load_state_dict(self.weights_path))
@@ -80,6 +87,7 @@ class ModelHandler(ABC):
                                f"({self.entry['config']}): {reason}") from exc
         self.model = model.to(device).eval()
         self.device = device
+        self.runner, self.inference = choose_runner(self, device)
         self._check_output_width()
 
     def _check_output_width(self) -> None:
@@ -102,8 +110,13 @@ class ModelHandler(ABC):
         """One raw input (image bytes | text) -> one preprocessed CPU item; raises APIError."""
 
     @abstractmethod
+    def collate(self, batch: list[Any]) -> dict[str, torch.Tensor]:
+        """Decoded items -> the network's named inputs (CPU tensors): the keyword arguments of its forward and the
+        inputs of its ONNX export."""
+
     def forward(self, batch: list[Any]) -> torch.Tensor:
-        """Logits (N, C) for a list of decoded items."""
+        """Logits (N, C) for a list of decoded items, from the chosen runner."""
+        return self.runner(self.collate(batch))
 
     def predict(self, batch: list[Any]) -> torch.Tensor:
         """Calibrated probabilities (N, C) on the CPU: softmax(logits / temperature)."""
@@ -122,6 +135,7 @@ class ImageClassifierHandler(ModelHandler):
 
     input_kind = "image"
     input_shape: ClassVar[tuple[int, ...]]
+    onnx_dynamic_axes = {"x": {0: "batch"}}
 
     @staticmethod
     @abstractmethod
@@ -142,5 +156,5 @@ class ImageClassifierHandler(ModelHandler):
         with memory_returned_after(declared_pixels(raw)):
             return self.to_tensor(open_image(raw, self.settings.max_image_pixels, at_least=DECODE_AT_LEAST))
 
-    def forward(self, batch: list[torch.Tensor]) -> torch.Tensor:
-        return self.model(torch.stack(batch).to(self.device, non_blocking=True))
+    def collate(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"x": torch.stack(batch)}

@@ -9,6 +9,10 @@ class SentimentHandler(ModelHandler):
     task = "sentiment"
     input_kind = "text"
     architectures = {"SentimentLSTM": SentimentLSTM}
+    # Padded ids + lengths: exported with both axes variable; ONNX's LSTM takes the lengths as sequence_lens,
+    # which is what packing does in PyTorch (the backward direction starts at each sentence's last word).
+    onnx_dynamic_axes = {"ids": {0: "batch", 1: "sequence"}, "lengths": {0: "batch"}}
+    cpu_inputs = frozenset({"lengths"})
 
     def sample_input(self) -> list[int]:
         return self.model.encode([])
@@ -16,6 +20,6 @@ class SentimentHandler(ModelHandler):
     def decode_request(self, raw: str) -> list[int]:
         return self.model.encode(tokenize(raw))
 
-    def forward(self, batch: list[list[int]]) -> torch.Tensor:
+    def collate(self, batch: list[list[int]]) -> dict[str, torch.Tensor]:
         ids, lengths = pad_batch(batch)
-        return self.model(ids.to(self.device, non_blocking=True), lengths)
+        return {"ids": ids, "lengths": lengths}

@@ -22,7 +22,7 @@ async def readyz(request: Request):
         return JSONResponse({"status": "loading", "device": "", "models": [], "style": style,
                              **({"style_detail": style_detail} if style_detail else {})}, status_code=503)
     body = Readiness(status=registry.status, device=str(registry.device), models=registry.loaded,
-                     error=registry.error, style=style, style_detail=style_detail)
+                     backends=registry.backends, error=registry.error, style=style, style_detail=style_detail)
     if registry.status != "ready":
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
     return body
