@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from app.style.engine import StyleEngine, StyleParams
+from app.style.engine import StyleEngine
+from app.style.options import StyleParams
 from app.style.presets import list_presets, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]

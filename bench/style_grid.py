@@ -54,7 +54,8 @@ def _run_cell(cell: tuple[str, str, int, str]) -> dict:
     global _engine
     photo_name, painting_name, size, device = cell
     torch.set_num_threads(1)
-    from app.style.engine import StyleEngine, StyleParams
+    from app.style.engine import StyleEngine
+    from app.style.options import StyleParams
     from bench.style_yardstick import Yardstick
     if _engine is None:
         _engine = StyleEngine(ROOT / "weights" / "vgg19_features_0-16.pth", device)

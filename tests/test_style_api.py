@@ -276,7 +276,7 @@ def test_unknown_job_is_404(client, method, suffix):
 # --------------------------------------------------------------------------------------------- options, readiness
 
 def test_options_are_the_engine_s_defaults_and_bounds(client):
-    from app.style.engine import StyleParams
+    from app.style.options import StyleParams
 
     body = client.get("/v1/style/options").json()
     form = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",

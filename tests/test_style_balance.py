@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.style.engine import DEFAULT_STYLE_WEIGHT, Objective, StyleEngine, StyleParams, pil_to_tensor
+from app.style.engine import Objective, StyleEngine, pil_to_tensor
+from app.style.options import DEFAULT_STYLE_WEIGHT, StyleParams
 from app.style.presets import preset_path
 from bench.paintings import PAINTINGS, make_painting
 from bench.style_yardstick import MAX_CONTENT_RATIO, MAX_STYLE_RATIO, Yardstick

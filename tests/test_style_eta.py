@@ -45,7 +45,7 @@ def test_one_measured_size_scales_the_prior_to_the_measured_level():
 
 
 def test_stages_follow_the_engine_schedule_and_the_photo_shape():
-    from app.style.engine import schedule
+    from app.style.options import schedule
 
     stages = job_stages(256, 250, (400, 300))
     assert [n for _, n in stages] == [n for _, n in schedule(256, 250)]

@@ -131,7 +131,7 @@ class StepTimes:
 def job_stages(size: int, steps: int, content_size: tuple[int, int] | None = None) -> list[tuple[float, int]]:
     """[(megapixels, evaluations)] of each scale the engine will optimise at (its own schedule and sizes; a
     square photo when the content size is unknown, the most pixels a size can have)."""
-    from app.style.engine import fit_size, schedule
+    from app.style.options import fit_size, schedule
 
     out_w, out_h = fit_size(*content_size, size) if content_size else (size, size)
     stages = []

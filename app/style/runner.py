@@ -164,7 +164,8 @@ class JobRunner:
         import numpy as np
         from PIL import Image
 
-        from app.style.engine import StyleCancelled, StyleParams
+        from app.style.engine import StyleCancelled
+        from app.style.options import StyleParams
 
         rng = np.random.default_rng(0)
         content = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), "RGB")
@@ -219,7 +220,8 @@ class JobRunner:
 
     def run(self, job) -> None:
         from app.core.errors import APIError
-        from app.style.engine import StyleCancelled, StyleInputError
+        from app.style.engine import StyleCancelled
+        from app.style.options import StyleInputError
 
         started = time.monotonic()
         logger.info("worker %s: job %s started (attempt %d)", self.id, job.id, job.attempts)
@@ -278,7 +280,7 @@ class JobRunner:
 
     def inputs(self, job):
         from app.preprocessing.decoding import open_image
-        from app.style.engine import StyleParams
+        from app.style.options import StyleParams
         from app.style.presets import preset_path
 
         def upload(name: str):
@@ -349,7 +351,7 @@ class StepTimer:
     (megapixels, evaluations, seconds); the gaps before each scale's first callback are the run's fixed cost."""
 
     def __init__(self, content_size: tuple[int, int], size: int, started: float | None = None):
-        from app.style.engine import fit_size
+        from app.style.options import fit_size
 
         self.out = fit_size(*content_size, size)
         self.started = time.monotonic() if started is None else started
@@ -363,7 +365,7 @@ class StepTimer:
         self.samples: list[tuple[float, int, float]] = []
 
     def _mpx(self, scale_px: int) -> float:
-        from app.style.engine import fit_size
+        from app.style.options import fit_size
 
         w, h = fit_size(*self.out, scale_px) if scale_px else self.out
         return w * h / 1e6

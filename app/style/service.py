@@ -34,7 +34,7 @@ import anyio
 import torch
 
 from app.core.config import Settings
-from app.style.engine import StyleParams
+from app.style.options import StyleParams
 from app.style.eta import EtaBoard, device_key
 from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobStore, JobStoreUnavailable
 from app.style.sqlite_store import SQLiteJobStore

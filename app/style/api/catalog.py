@@ -15,7 +15,7 @@ from app.style import presets
 from app.style.api.deps import PREFIX, ServiceDep, base_url, eta_board_now
 from app.style.api.form import FORM_OPTIONS, invalid_field, option_limits, option_type, preset_names
 from app.style.api.schemas import PresetList, StyleEstimate, StyleOptions, style_errors
-from app.style.engine import MAX_STYLES, StyleParams
+from app.style.options import MAX_STYLES, StyleParams
 
 router = APIRouter(prefix=PREFIX, tags=["style"])
 

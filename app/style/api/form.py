@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.style import presets
-from app.style.engine import MAX_STYLES, StyleParams, fit_size, too_thin
+from app.style.options import MAX_STYLES, StyleParams, fit_size, too_thin
 
 OPTION_FIELDS = ("size", "steps", "style_weight", "content_weight", "tv_weight", "init", "seed", "preserve_color",
                  "style_scale")

@@ -27,7 +27,7 @@ from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape,
                                 read_files)
 from app.style.api.schemas import JOB_REQUEST_BODY, StyleJob, StyleJobList, style_errors
 from app.style.api.views import job_view, not_ready
-from app.style.engine import MAX_STYLES
+from app.style.options import MAX_STYLES
 from app.style.jobs import PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SUCCEEDED, JobStoreUnavailable, QueueFull
 from app.style.service import StyleBackend
 

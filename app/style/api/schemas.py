@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from app.api.schemas import ErrorBody, ValidationErrorBody
 from app.style.api.form import OPTION_FIELDS
-from app.style.engine import StyleParams
+from app.style.options import StyleParams
 
 
 class Progress(BaseModel):
