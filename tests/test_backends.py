@@ -184,6 +184,15 @@ def test_onnxruntime_is_refused_on_cuda_and_auto_keeps_torch_there(tiny_weights_
     assert isinstance(runner, TorchRunner) and info["reason"] == "cuda stays on PyTorch"
 
 
+def test_a_nan_or_a_wrong_shape_is_the_largest_difference():
+    inputs = {"x": torch.zeros(3, 2)}
+    ones = lambda batch: torch.ones(len(batch["x"]), 2)  # noqa: E731
+    assert backends.max_abs_diff(ones, ones, inputs) == 0.0
+    assert backends.max_abs_diff(ones, lambda batch: torch.full((len(batch["x"]), 2), float("nan")), inputs) == \
+        float("inf")
+    assert backends.max_abs_diff(ones, lambda batch: torch.ones(len(batch["x"]), 3), inputs) == float("inf")
+
+
 def test_the_setting_is_validated():
     with pytest.raises(ValueError):
         Settings(inference_backend="tensorrt")

@@ -198,7 +198,10 @@ def max_abs_diff(reference: Runner, other: Runner, inputs: dict[str, torch.Tenso
         expected, got = reference(batch).float().cpu(), other(batch).float().cpu()
         if expected.shape != got.shape:
             return math.inf
-        diffs.append(float((expected - got).abs().max()))
+        diff = float((expected - got).abs().max())
+        if not math.isfinite(diff):  # max() would pass a NaN over
+            return math.inf
+        diffs.append(diff)
     return max(diffs)
 
 
