@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.test_e2e import free_port
@@ -66,3 +67,15 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+def redis_server_fixture(name: str):
+    """A module-scoped fixture giving a started RedisServer in its own folder, stopped after the module."""
+    @pytest.fixture(scope="module")
+    def redis_server(tmp_path_factory):
+        server = RedisServer(tmp_path_factory.mktemp(name))
+        server.start()
+        yield server
+        server.stop()
+
+    return redis_server

@@ -170,12 +170,7 @@ def test_jobs_belong_to_the_key_that_submitted_them(server):
         assert job_id in [j["id"] for j in alice.get("/v1/style/jobs").json()["jobs"]]
         listing = bob.get("/v1/style/jobs").json()
         assert job_id not in [j["id"] for j in listing["jobs"]] and all(j["owner"] == "bob" for j in listing["jobs"])
-        for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/preview"), ("GET", "/events"),
-                             ("DELETE", "")):
-            response = bob.request(method, f"/v1/style/jobs/{job_id}{path}")
-            unknown = bob.request(method, f"/v1/style/jobs/no-such-job{path}")
-            assert response.status_code == 404, (method, path, response.text)
-            assert response.json()["detail"] == unknown.json()["detail"].replace("no-such-job", job_id)
+        assert_every_route_hides(bob, job_id)
         assert job_id in [j["id"] for j in ops.get("/v1/style/jobs").json()["jobs"]]
         assert ops.get(f"/v1/style/jobs/{job_id}").json()["owner"] == "alice"
         assert alice.delete(f"/v1/style/jobs/{job_id}").json()["status"] == "cancelled"
@@ -185,6 +180,15 @@ def test_jobs_belong_to_the_key_that_submitted_them(server):
     metrics = httpx.get(f"{base_url}/metrics").text
     assert re.search(r'http_requests_by_caller_total\{caller="bob",status_class="4xx"\} [1-9]', metrics)
     assert not any(key in metrics for key in KEYS.values())
+
+
+def assert_every_route_hides(http: httpx.Client, job_id: str) -> None:
+    """Another owner's job: every route answers exactly as for an unknown id (404), so ids cannot be probed."""
+    for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/preview"), ("GET", "/events"), ("DELETE", "")):
+        response = http.request(method, f"/v1/style/jobs/{job_id}{path}")
+        unknown = http.request(method, f"/v1/style/jobs/no-such-job{path}")
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["detail"] == unknown.json()["detail"].replace("no-such-job", job_id)
 
 
 def test_one_key_cannot_fill_the_queue(server):

@@ -20,7 +20,7 @@ from app.style import jobs as J
 from app.style.jobs import JobStore, QueueFull
 from app.style.sqlite_store import SQLiteJobStore
 from app.style.redis_store import RedisJobStore, connect
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_server_fixture
 
 PARAMS = {"size": 64, "steps": 3}
 CONTENT = ("content.png", b"content-bytes")
@@ -96,12 +96,7 @@ class RedisBackend:
         self.store.close()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-contract"))
-    server.start()
-    yield server
-    server.stop()
+redis_server = redis_server_fixture("redis-contract")
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -7,8 +7,9 @@ import secrets
 import httpx
 import pytest
 
-from tests.redis_server import RedisServer
+from tests.redis_server import redis_server_fixture
 from tests.test_e2e import running_server
+from tests.test_hardening import assert_every_route_hides
 from tests.test_style_api import files
 
 pytestmark = pytest.mark.slow
@@ -18,12 +19,7 @@ API_KEYS = f"alice:{KEYS['alice']},bob:{KEYS['bob']},ops:{KEYS['ops']}:admin"
 PER_OWNER = 2
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-ownership"))
-    server.start()
-    yield server
-    server.stop()
+redis_server = redis_server_fixture("redis-ownership")
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +56,7 @@ def test_jobs_in_redis_belong_to_the_key_that_submitted_them(server, redis_serve
         assert listed(alice) == ([job_id], 1)
 
         # another owner: every route of the job answers as for an unknown id, and the listing does not show it
-        for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/preview"), ("GET", "/events"),
-                             ("DELETE", "")):
-            response = bob.request(method, f"/v1/style/jobs/{job_id}{path}")
-            unknown = bob.request(method, f"/v1/style/jobs/no-such-job{path}")
-            assert response.status_code == 404, (method, path, response.text)
-            assert response.json()["detail"] == unknown.json()["detail"].replace("no-such-job", job_id)
+        assert_every_route_hides(bob, job_id)
         assert listed(bob) == ([], 0)
         assert alice.get(f"/v1/style/jobs/{job_id}").json()["status"] == "queued"  # bob's DELETE did nothing
         assert alice.get(f"/v1/style/jobs/{job_id}/preview").status_code == 409  # hers: not ready, not unknown

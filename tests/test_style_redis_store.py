@@ -12,19 +12,14 @@ from app.main import create_app
 from app.style import jobs as J
 from app.style.redis_store import RedisJobStore, connect
 from tests.conftest import make_settings, wait_until_ready
-from tests.redis_server import RedisServer
+from tests.redis_server import redis_server_fixture
 from tests.test_e2e import free_port
 from tests.test_style_api import files
 
 HEARTBEAT_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-store"))
-    server.start()
-    yield server
-    server.stop()
+redis_server = redis_server_fixture("redis-store")
 
 
 class Sent(list):
