@@ -21,9 +21,9 @@ from app.core.config import Settings
 from app.core.lifecycle import ShutdownSignal, install_signal_chain
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.uploads import UploadGuardMiddleware
-from app.core.loading import StartupError, resolve_device
+from app.serving.loading import StartupError, resolve_device
 from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
-from app.core.registry import ModelRegistry
+from app.serving.registry import ModelRegistry
 from app.core.security import APIKeyMiddleware, parse_api_keys
 from app.style.install import install as install_style
 from app.style.service import make_style_service

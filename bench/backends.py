@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from app.core.backends import OnnxRunner, TorchRunner, check_inputs, onnx_threads, rows
+from app.serving.backends import OnnxRunner, TorchRunner, check_inputs, onnx_threads, rows
 from app.core.config import Settings
-from app.core.loading import read_manifest
-from app.core.registry import discover_handlers
+from app.serving.loading import read_manifest
+from app.serving.registry import discover_handlers
 from training.common import WEIGHTS_DIR
 
 

@@ -12,11 +12,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core import backends
-from app.core.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, choose_runner, verify_backend
+from app.serving import backends
+from app.serving.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, choose_runner, verify_backend
 from app.core.config import PROJECT_ROOT, Settings
-from app.core.loading import StartupError, read_manifest
-from app.core.registry import discover_handlers
+from app.serving.loading import StartupError, read_manifest
+from app.serving.registry import discover_handlers
 from app.main import create_app
 from tests.conftest import make_settings, wait_until_ready, write_tiny_weights
 from training import digits, objects

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.core.batcher import DynamicBatcher
+from app.serving.batcher import DynamicBatcher
 from app.core.errors import ServiceUnavailable
 
 

@@ -15,8 +15,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core.loading import StartupError
-from app.core.registry import ModelRegistry
+from app.serving.loading import StartupError
+from app.serving.registry import ModelRegistry
 from app.main import create_app
 from tests.conftest import make_settings, wait_until_ready, write_tiny_weights
 from training import calibrate, digits, objects

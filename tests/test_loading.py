@@ -6,9 +6,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.core.loading import StartupError, read_manifest, resolve_device, verify_weights
+from app.serving.loading import StartupError, read_manifest, resolve_device, verify_weights
 from app.core.errors import ServiceUnavailable
-from app.core.registry import ModelRegistry, discover_handlers
+from app.serving.registry import ModelRegistry, discover_handlers
 from app.main import create_app
 from tests.conftest import make_settings, wait_until_ready
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.core.loading import sha256_of  # the server verifies checksums the same way
+from app.serving.loading import sha256_of  # the server verifies checksums the same way
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO_ROOT / "weights"

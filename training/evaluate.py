@@ -28,7 +28,7 @@ class OnnxModel:
     exported from: the same positional inputs, logits out; anything else (SentimentLSTM.encode) from the module."""
 
     def __init__(self, module: torch.nn.Module, path: Path):
-        from app.core.backends import OnnxRunner
+        from app.serving.backends import OnnxRunner
 
         self.module = module
         self.runner = OnnxRunner(path, threads=torch.get_num_threads())

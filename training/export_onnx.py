@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.core.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, max_abs_diff
+from app.serving.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, max_abs_diff
 from app.core.config import Settings
-from app.core.loading import sha256_of
-from app.core.registry import discover_handlers
-from app.handlers.base import ModelHandler
+from app.serving.loading import sha256_of
+from app.serving.registry import discover_handlers
+from app.serving.handlers.base import ModelHandler
 from training import digits, objects
 from training.common import HELDOUT_DIR, WEIGHTS_DIR, update_manifest
 from training.data import load_heldout

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
-from app.core.registry import ModelRegistry, ServedModel
+from app.serving.registry import ModelRegistry, ServedModel
 
 DEFAULT_TOP_K = 3
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from app.core.config import Settings
 from app.core.errors import APIError, UnsupportedMediaType
 from app.api.schemas import OneOrMany
-from app.core.registry import ServedModel
+from app.serving.registry import ServedModel
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 

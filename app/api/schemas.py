@@ -119,7 +119,7 @@ Backend = Literal["torch", "onnxruntime"]
 
 
 class Inference(BaseModel):
-    """What runs the model's forward passes (INFERENCE_BACKEND; app/core/backends.py)."""
+    """What runs the model's forward passes (INFERENCE_BACKEND; app/serving/backends.py)."""
 
     backend: Backend
     requested: Literal["auto", "torch", "onnxruntime"] = Field(description="the INFERENCE_BACKEND setting")

@@ -137,7 +137,7 @@ class JobRunner:
         worker takes then fails with it."""
         import torch
 
-        from app.core.loading import resolve_device
+        from app.serving.loading import resolve_device
         from app.style.engine import StyleEngine
         from app.style.eta import device_key
 

@@ -10,7 +10,7 @@ from app.api.schemas import BatchPredictionResponse, ImagePayload, PredictionRes
 from app.core.config import Settings
 from app.core.observability import TimedRoute
 from app.core.errors import Unprocessable
-from app.core.registry import ServedModel
+from app.serving.registry import ServedModel
 from app.preprocessing.decoding import decode_base64_image
 
 ACCEPTED = "multipart/form-data with a 'file' field or application/json"

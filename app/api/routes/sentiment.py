@@ -10,7 +10,7 @@ from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPay
 from app.core.config import Settings
 from app.core.observability import TimedRoute
 from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from app.core.registry import ServedModel
+from app.serving.registry import ServedModel
 
 TASK = "sentiment"
 ACCEPTED = "application/json ({\"text\": ...} or {\"texts\": [...]}) or text/plain"
