@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from app.core.loading import StartupError
+from app.serving.loading import StartupError
 
 if TYPE_CHECKING:
     from app.core.config import Settings
-    from app.handlers.base import ModelHandler
+    from app.serving.handlers.base import ModelHandler
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import Literal
 
 import torch
 
-import app.handlers
-from app.core.backends import verify_backend
-from app.core.batcher import BatcherStats, DynamicBatcher
+import app.serving.handlers
+from app.serving.backends import verify_backend
+from app.serving.batcher import BatcherStats, DynamicBatcher
 from app.core.config import Settings
 from app.core.errors import NotFound, ServiceUnavailable
-from app.core.loading import StartupError, read_manifest, verify_assets, verify_weights
-from app.handlers.base import ModelHandler
+from app.serving.loading import StartupError, read_manifest, verify_assets, verify_weights
+from app.serving.handlers.base import ModelHandler
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ LOADING_RETRY_AFTER_S = "2"
 
 
 def discover_handlers() -> dict[str, type[ModelHandler]]:
-    """Architecture name -> handler class, from every module of the app.handlers package."""
+    """Architecture name -> handler class, from every module of the app.serving.handlers package."""
     found: dict[str, type[ModelHandler]] = {}
-    for module_info in pkgutil.iter_modules(app.handlers.__path__):
-        module = importlib.import_module(f"{app.handlers.__name__}.{module_info.name}")
+    for module_info in pkgutil.iter_modules(app.serving.handlers.__path__):
+        module = importlib.import_module(f"{app.serving.handlers.__name__}.{module_info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if not _is_concrete_handler(cls, module.__name__):
                 continue

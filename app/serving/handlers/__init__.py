@@ -1,1 +1,1 @@
-"""Model handlers, one module per model family (LitServe LitAPI style); discovered by app.core.registry."""
+"""Model handlers, one module per model family (LitServe LitAPI style); discovered by app.serving.registry."""

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from app.core.backends import Runner, choose_runner
+from app.serving.backends import Runner, choose_runner
 from app.core.config import Settings
-from app.core.loading import StartupError, load_state_dict
+from app.serving.loading import StartupError, load_state_dict
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ModelHandler(ABC):
         self.settings = settings
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
-        self.runner: Runner | None = None  # torch or ONNX Runtime (app/core/backends.py), chosen by setup
+        self.runner: Runner | None = None  # torch or ONNX Runtime (app/serving/backends.py), chosen by setup
         self.inference: dict | None = None  # which runner and why, for GET /v1/models
         self.calibration = calibration_of(entry)
         # Scores are softmax(logits / T): T fitted on held-out data so that a score means what it says.

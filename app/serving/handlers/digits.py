@@ -1,5 +1,5 @@
 """Handwritten digits (MNIST-style, 28x28 grey)."""
-from app.handlers.base import ImageClassifierHandler
+from app.serving.handlers.base import ImageClassifierHandler
 from app.preprocessing.digits import digit_tensor
 from models.digits import DigitsCNN, DigitsMLP
 

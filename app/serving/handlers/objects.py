@@ -1,5 +1,5 @@
 """Everyday objects (CIFAR-10, 32x32 RGB)."""
-from app.handlers.base import ImageClassifierHandler
+from app.serving.handlers.base import ImageClassifierHandler
 from app.preprocessing.objects import object_tensor
 from models.objects import ObjectsResNet
 

@@ -1,7 +1,7 @@
 """Sentence sentiment (SST-2): text -> token ids -> bi-LSTM."""
 import torch
 
-from app.handlers.base import ModelHandler
+from app.serving.handlers.base import ModelHandler
 from models.sentiment import SentimentLSTM, pad_batch, tokenize
 
 
