@@ -205,6 +205,9 @@ def test_estimate_validates_like_the_submit_form(fresh_server):
     assert http.get("/v1/style/estimate", params={"steps": 0}).status_code == 422
     assert http.get("/v1/style/estimate", params={"style_count": 9}).status_code == 422
     assert http.get("/v1/style/estimate", params={"width": 100}).status_code == 422
+    costly = http.get("/v1/style/estimate", params={"size": 1024, "steps": 2000})  # refused at submit: here too
+    assert costly.status_code == 422 and costly.json()["errors"][0]["loc"] == ["query", "steps"]
+    assert "MAX_JOB_PIXEL_STEPS" in costly.json()["detail"] and "steps at size 1024" in costly.json()["detail"]
     default = http.get("/v1/style/estimate").json()  # the API's defaults: 256 px, 250 steps on this CPU
     small = http.get("/v1/style/estimate", params={"size": 64, "steps": 250}).json()
     bigger = http.get("/v1/style/estimate", params={"size": 1024, "steps": 250}).json()

@@ -425,7 +425,14 @@ def test_refusals_only_the_server_can_explain_are_shown_in_its_words(browser, se
                         files={"content": (photo.name, photo.read_bytes(), "image/png")})
     assert costly.status_code == 422 and "MAX_JOB_PIXEL_STEPS" in costly.text, costly.text
     with open_page(browser, server) as page:
-        submit_style(page, photo, size=size, steps=steps)
+        page.locator("#style-presets input").first.wait_for(state="attached")
+        page.set_input_files("#style-content", str(photo))
+        page.locator("#style-size").fill(str(size))
+        page.locator("#style-steps").fill(str(steps))
+        # before anything is sent, the estimate already says the server would refuse it, and why
+        page.wait_for_function("/would refuse this job/.test(document.querySelector('#style-estimate').textContent)")
+        assert "MAX_JOB_PIXEL_STEPS" in page.locator("#style-estimate").inner_text()
+        page.locator("#style-submit").click()
         alert = page.locator("#style-error .message")
         alert.wait_for()
         assert alert.inner_text() == as_sentence(costly.json()["errors"][0]["msg"])
@@ -502,10 +509,11 @@ def test_estimate_before_a_long_job_and_eta_while_it_runs(browser, server, photo
     with open_page(browser, server) as page:
         estimate = page.locator("#style-estimate")
         page.wait_for_selector("#style-form[data-options=api]")
-        page.locator("#style-size").fill(str(opts["limits"]["size"]["max"]))
-        with page.expect_response(lambda r: "/v1/style/estimate?" in r.url and "steps=" in r.url
-                                  and f"steps={opts['limits']['steps']['max']}" in r.url) as answer:
-            page.locator("#style-steps").fill(str(opts["limits"]["steps"]["max"]))
+        size = opts["limits"]["size"]["max"]
+        steps = min(opts["limits"]["steps"]["max"], opts["max_job_pixel_steps"] // size**2)  # the longest job allowed
+        page.locator("#style-size").fill(str(size))
+        with page.expect_response(lambda r: "/v1/style/estimate?" in r.url and f"steps={steps}" in r.url) as answer:
+            page.locator("#style-steps").fill(str(steps))
         api = answer.value.json()  # what the server said, against what the page shows
         assert f"size={opts['limits']['size']['max']}" in answer.value.url
         page.wait_for_function("+document.querySelector('#style-estimate').dataset.eta > 60")

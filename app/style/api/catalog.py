@@ -13,7 +13,7 @@ from app.api.deps import SettingsDep
 from app.core.errors import NotFound, ServiceUnavailable
 from app.style import presets
 from app.style.api.deps import PREFIX, ServiceDep, base_url, eta_board_now
-from app.style.api.form import FORM_OPTIONS, invalid_field, option_limits, option_type, preset_names
+from app.style.api.form import FORM_OPTIONS, check_cost, invalid_field, option_limits, option_type, preset_names
 from app.style.api.schemas import PresetList, StyleEstimate, StyleOptions, style_errors
 from app.style.options import MAX_STYLES, StyleParams
 
@@ -50,7 +50,7 @@ async def preset_image(name: str) -> Response:
                         "of the photo (any unit, only the aspect ratio counts) price a non-square output; without "
                         "them the output is priced square, the most pixels `size` can have.",
             responses=style_errors(422, 503))
-async def estimate(service: ServiceDep,
+async def estimate(service: ServiceDep, settings: SettingsDep,
                    size: Annotated[int | None, Query(description="longest side of the output in px; default: the "
                                                      "API's default size")] = None,
                    steps: Annotated[int | None, Query(description="steps; default: the API's default")] = None,
@@ -66,13 +66,17 @@ async def estimate(service: ServiceDep,
             from None
     if (width is None) != (height is None):
         raise invalid_field("width" if width is None else "height", "give both width and height, or neither",
-                       "missing")
+                            "missing", "query")
+    size = params.size or service.default_size
+    # a job the submit would refuse is refused here too, with the same sentence (square when no photo is given)
+    check_cost((width, height) if width and height else (size, size), {"size": size, "steps": params.steps},
+               settings.max_job_pixel_steps, "query")
     board = await eta_board_now(service, fresh=True)
     if board is None:
         raise ServiceUnavailable("the time estimate cannot be computed right now; retry shortly",
                                  headers={"Retry-After": "2"})
     content_size = (width, height) if width and height else None
-    return board.estimate(params.size or service.default_size, params.steps, content_size, style_count)
+    return board.estimate(size, params.steps, content_size, style_count)
 
 
 @router.get("/options", response_model=StyleOptions, responses=style_errors(503),

@@ -28,11 +28,11 @@ def preset_names() -> list[str]:
     return [p["name"] for p in presets.list_presets()]
 
 
-def invalid_field(field: str, message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message}])
+def invalid_field(field: str, message: str, kind: str = "value_error", where: str = "body") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": (where, field), "msg": message}])
 
 
-def check_cost(content_size: tuple[int, int], params: dict, limit: int) -> None:
+def check_cost(content_size: tuple[int, int], params: dict, limit: int, where: str = "body") -> None:
     """Output pixels x steps: one job may not hold a worker for hours while everyone else waits."""
     width, height = fit_size(*content_size, params["size"])
     cost = width * height * params["steps"]
@@ -45,7 +45,7 @@ def check_cost(content_size: tuple[int, int], params: dict, limit: int) -> None:
     advice += (" or " if advice else "") + f"a size of at most {most_size} at {params['steps']} steps"
     raise invalid_field("steps", f"this job is {width}x{height} px x {params['steps']} steps = {cost / 1e6:,.0f} "
                             f"megapixel-steps; one job may cost at most {limit / 1e6:,.0f} (MAX_JOB_PIXEL_STEPS): "
-                            f"{advice}", "less_than_equal")
+                            f"{advice}", "less_than_equal", where)
 
 
 def check_shape(field: str, image_size: tuple[int, int], params: dict, style: bool = False) -> None:

@@ -164,8 +164,14 @@ export function initStyle() {
       estimateEl.textContent = eta > LONG_JOB_S
         ? `This job will take ${duration(eta)}${ahead}. Fewer steps or a smaller size are quicker.`
         : `This job will take ${duration(eta)}${ahead}.`;
-    } catch {
-      if (mine === estimateSeq) { estimateEl.textContent = ""; delete estimateEl.dataset.eta; estimateEl.classList.remove("stale"); }
+    } catch (err) {
+      if (mine !== estimateSeq) return;
+      delete estimateEl.dataset.eta;
+      estimateEl.classList.remove("stale");
+      // A job the server would refuse (too costly): say so now, in its words, not after the upload.
+      const refused = err instanceof ApiError && err.status === 422 && err.detail;
+      estimateEl.classList.toggle("long", Boolean(refused));
+      estimateEl.textContent = refused ? `The server would refuse this job: ${err.detail.replace(/^query steps: /, "")}` : "";
     }
   }
   const estimateSoon = debounce(estimate, 300);
