@@ -2,7 +2,7 @@
 security schemes and its 401."""
 from fastapi import FastAPI
 
-from app.core.security import PROTECTED_PREFIX
+from app.core.config import API_PREFIX
 
 SECURITY_SCHEMES = {
     "bearerKey": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
@@ -29,7 +29,7 @@ def declare_api_keys(app: FastAPI) -> None:
         components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
         components.setdefault("schemas", {}).setdefault("ErrorBody", ERROR_BODY)
         for path, operations in schema.get("paths", {}).items():
-            if path != PROTECTED_PREFIX and not path.startswith(PROTECTED_PREFIX + "/"):
+            if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
                 continue
             for operation in operations.values():
                 operation["security"] = [{"bearerKey": []}, {"headerKey": []}]

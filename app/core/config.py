@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+API_PREFIX = "/v1"  # every versioned route: mounted once (app/main.py), protected by API_KEYS (app/core/security.py)
 
 
 class Settings(BaseSettings):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.config import API_PREFIX
 from app.core.errors import send_json_error
 
-PROTECTED_PREFIX = "/v1"
 ADMIN_FLAG = "admin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -92,7 +92,7 @@ def caller_of(scope: Scope) -> Caller | None:
 
 
 def _protected(path: str) -> bool:
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
 
 def _presented_key(scope: Scope) -> bytes | None:

@@ -7,7 +7,7 @@ from starlette.datastructures import UploadFile
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, ImagePayload, PredictionResponse, error_responses
-from app.core.config import Settings
+from app.core.config import API_PREFIX, Settings
 from app.core.observability import TimedRoute
 from app.core.errors import Unprocessable
 from app.serving.registry import ServedModel
@@ -29,7 +29,7 @@ IMAGE_REQUEST_BODY = {
 
 
 def image_router(task: str, what: str) -> APIRouter:
-    router = APIRouter(prefix=f"/v1/{task}", tags=[task], route_class=TimedRoute)
+    router = APIRouter(prefix=f"{API_PREFIX}/{task}", tags=[task], route_class=TimedRoute)
     served_model = served_model_for(task)
 
     @router.post(

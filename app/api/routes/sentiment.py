@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPayload, error_responses
-from app.core.config import Settings
+from app.core.config import API_PREFIX, Settings
 from app.core.observability import TimedRoute
 from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.serving.registry import ServedModel
@@ -28,7 +28,7 @@ TEXT_REQUEST_BODY = {
     },
 }
 
-router = APIRouter(prefix=f"/v1/{TASK}", tags=[TASK], route_class=TimedRoute)
+router = APIRouter(prefix=f"{API_PREFIX}/{TASK}", tags=[TASK], route_class=TimedRoute)
 
 
 @router.post(

@@ -8,6 +8,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
+from app.core.config import API_PREFIX
 from app.core.errors import NotFound, ServiceUnavailable
 from app.core.security import Caller, caller_of
 from app.style.eta import EtaBoard
@@ -15,7 +16,7 @@ from app.style.jobs import Job, JobStore, JobStoreUnavailable
 from app.style.service import StyleBackend
 
 logger = logging.getLogger("app.style")
-PREFIX = "/v1/style"
+PREFIX = f"{API_PREFIX}/style"
 
 
 def get_service(request: Request) -> StyleBackend:
