@@ -5,14 +5,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 
-.PHONY: install browser redis nginx serve test bench train evaluate clean
+.PHONY: install browser redis nginx hey serve test bench train evaluate clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,bench]'
 	touch $@
 
 # The launcher (app/server/launch.py): uvicorn with the bounded protocol and timeouts, from the settings.
@@ -40,10 +40,18 @@ nginx:
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq nginx-light >/dev/null; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "nginx is needed for tests/test_deploy.py: install Debian's nginx-light package"; exit 1; }
 
-test: install browser redis nginx
+# bench.serving drives the servers with hey, the load generator the performance issue measured with.
+hey:
+	@command -v hey >/dev/null || { command -v apt-get >/dev/null && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq hey >/dev/null; }
+	@command -v hey >/dev/null || { echo "hey is needed for bench.serving and its test: install Debian's hey package"; exit 1; }
+
+test: install browser redis nginx hey
 	$(BIN)/python -m pytest
 
-bench: install
+# This server against LitServe serving the same handlers, and the in-process limit (the `bench` extra).
+bench: install hey
 	$(BIN)/python -m bench.serving
 
 train: install

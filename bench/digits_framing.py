@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from bench.digit_renderings import EDGE_RENDERINGS, RENDERINGS, render
-from bench.serving import HELDOUT, Server
+from bench.servers import HELDOUT, Server
 
 MODELS = ("digits-cnn", "digits-mlp")
 BATCH = 64
@@ -103,7 +103,7 @@ def main() -> None:
     models = args.models.split(",")
     index, x, y = sample(args.per_rendering, args.seed)
     rows = {}
-    with Server("app.main:app", env={"JOB_WORKERS": "0"}) as server:
+    with Server(env={"JOB_WORKERS": "0"}) as server:
         for name in args.renderings.split(","):
             started = time.monotonic()
             rows[name] = asyncio.run(run_rendering(f"http://127.0.0.1:{server.port}", models, name, index, x, y,

@@ -32,7 +32,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from bench.serving import HELDOUT, Server, png_bytes
+from bench.servers import HELDOUT, Server, png_bytes
 
 POLL_S = 0.5
 STYLE_JOB_TIMEOUT_S = 180
@@ -260,7 +260,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as data_dir:
         env = {"DEVICE": args.device, "DATA_DIR": data_dir, "JOB_WORKERS": "1", "MAX_QUEUED_JOBS": "16",
                "LOG_LEVEL": "warning"}
-        with Server("app.main:app", env) as server:
+        with Server(env=env) as server:
             code = asyncio.run(run(server.port, server.process.pid, args))
     sys.exit(code)
 

@@ -1,211 +1,257 @@
-"""Serving benchmark: throughput and latency of every predict endpoint against an echo ceiling.
+"""Serving benchmark: this server against LitServe serving the same handlers, and against the in-process limit.
 
-    python -m bench.serving                      # the full run (a few minutes)
-    python -m bench.serving --requests 200       # quicker, noisier
+    python -m bench.serving                    # the full run (about five minutes on 2 cores)
+    python -m bench.serving --rounds 1 --requests 300 --tasks digits
 
-It starts real uvicorn servers on loopback (the model server, and bench.echo_app which parses
-the same upload and answers a constant), drives them with a light keep-alive HTTP/1.1 client at
-concurrency 1 and 32, and prints requests/s and p50/p99 latency, the ratio to the echo ceiling,
-and for objects the gain of dynamic batching (BATCH_MAX_SIZE=32 vs 1).
+In one run and one process tree it starts, on loopback:
+* this server, `python -m app`, as `make serve` starts it (settings from the environment);
+* the peer: the project's own handlers (same decode, same predict, same backend) served by LitServe 0.2.19 with
+  its dynamic batching (bench/litserve_app.py: max_batch_size 32, batch_timeout 2 ms, one worker);
+* this server again with BATCH_MAX_SIZE=1, for the gain of dynamic batching on objects;
+and measures, with the in-process limit first (decode + forward of the same held-out input, no HTTP: one item's
+p50 and the best batch size's items/s, on the backend the server uses):
+* `hey` (the load generator of the issue; `make hey` installs it) at concurrency 1 and 32 for digits,
+  objects and sentiment, the servers alternating round by round so a busy neighbour slows all of them alike;
+  the median round counts. While one server is measured the others are paused (SIGSTOP): LitServe's polling
+  loops take about half a core when idle, which would otherwise slow whichever server is being measured.
+
+It prints one table with throughput, p50 and p99 of both servers and their ratios, the overhead of the request path
+(server p50 at concurrency 1 minus the in-process p50 of one item), objects at concurrency 32 against the in-process
+limit, and the batching gain. Needs the `bench` extra (pip install -e '.[bench]').
 """
 import argparse
-import asyncio
+import csv
 import io
 import json
 import os
 import platform
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HELDOUT = REPO_ROOT / "data" / "heldout"
+from bench.servers import Payload, Server, payloads
 
-
-# ---------------------------------------------------------------- payloads
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+TASKS = ("digits", "objects", "sentiment")
+PEER = [sys.executable, "-m", "bench.litserve_app"]
+LIMIT_BATCH_SIZES = (1, 4, 8, 16, 32)
 
 
-def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = "benchboundary7d1a"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+# ---------------------------------------------------------------- load generator
+def hey_binary() -> str:
+    found = shutil.which("hey")
+    if not found:
+        raise SystemExit("bench.serving drives the servers with hey: run `make hey` (Debian's hey package)")
+    return found
 
 
-def payloads() -> dict[str, tuple[str, bytes, str]]:
-    """endpoint name -> (path, body, content type), from real held-out examples."""
-    with np.load(HELDOUT / "mnist-test.npz") as mnist, np.load(HELDOUT / "cifar-test.npz") as cifar, \
-            np.load(HELDOUT / "sst2-dev.npz") as sst:
-        digit, photo, sentence = mnist["x"][0], cifar["x"][0], str(sst["texts"][0])
-    digits_body, digits_type = multipart("file", "digit.png", png_bytes(digit), "image/png")
-    objects_body, objects_type = multipart("file", "photo.png", png_bytes(photo), "image/png")
-    return {
-        "digits": ("/v1/digits/predict", digits_body, digits_type),
-        "objects": ("/v1/objects/predict", objects_body, objects_type),
-        "sentiment": ("/v1/sentiment/predict", json.dumps({"text": sentence}).encode(), "application/json"),
-    }
+@dataclass
+class Round:
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
 
 
-# ---------------------------------------------------------------- servers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A uvicorn subprocess on loopback; a context manager that waits for /readyz."""
-
-    def __init__(self, app: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.app, self.env = app, {**os.environ, **(env or {})}
-
-    def __enter__(self) -> "Server":
-        cmd = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning", "--no-access-log"]
-        self.process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.app} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.app} not ready in 120 s")
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-# ---------------------------------------------------------------- client
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
-    return status, await reader.readexactly(length)
-
-
-async def worker(port: int, request: bytes, count: int, latencies: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for _ in range(count):
-            start = time.perf_counter()
-            writer.write(request)
-            status, body = await read_response(reader)
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                errors.append(f"{status} {body[:120]!r}")
-    finally:
-        writer.close()
+def hey_round(hey: str, url: str, payload: Payload, body_file: Path, concurrency: int, requests: int) -> Round:
+    completed = subprocess.run(
+        [hey, "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-T", payload.content_type,
+         "-D", str(body_file), "-o", "csv", url + payload.path], capture_output=True, text=True, check=True)
+    rows = list(csv.DictReader(io.StringIO(completed.stdout)))
+    latencies = sorted(float(row["response-time"]) for row in rows)
+    starts = [float(row["offset"]) for row in rows]
+    ends = [float(row["offset"]) + float(row["response-time"]) for row in rows]
+    errors = sum(row["status-code"] != "200" for row in rows)
+    return Round(len(rows) / (max(ends) - min(starts)), statistics.median(latencies) * 1000,
+                 latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, errors)
 
 
 @dataclass
 class Result:
-    endpoint: str
+    task: str
     server: str
     concurrency: int
-    requests: int
+    rounds: int
     errors: int
     throughput: float
     p50_ms: float
     p99_ms: float
 
 
-async def measure(port: int, endpoint: str, server: str, path: str, body: bytes, content_type: str,
-                  concurrency: int, requests: int) -> Result:
-    request = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    warmup_latencies, warmup_errors = [], []
-    await asyncio.gather(*(worker(port, request, 5, warmup_latencies, warmup_errors) for _ in range(concurrency)))
-    latencies, errors = [], []
-    per_worker = max(1, requests // concurrency)
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(port, request, per_worker, latencies, errors) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    if errors or warmup_errors:
-        print(f"  errors on {server} {endpoint}: {(warmup_errors + errors)[:3]}", file=sys.stderr)
-    latencies.sort()
-    return Result(endpoint, server, concurrency, len(latencies), len(errors), round(len(latencies) / elapsed, 1),
-                  round(statistics.median(latencies) * 1000, 2),
-                  round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, 2))
+def measure_side_by_side(hey: str, servers: dict[str, Server], payload: Payload, concurrency: int, requests: int,
+                         rounds: int) -> list[Result]:
+    with tempfile.NamedTemporaryFile(suffix=".body") as body:
+        body.write(payload.body)
+        body.flush()
+        for server in servers.values():  # warm-up: connections, caches, the batcher's threads
+            hey_round(hey, server.url, payload, Path(body.name), concurrency, max(concurrency * 4, 50))
+        measured: dict[str, list[Round]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, server in servers.items():
+                with ExitStack() as others:
+                    for other in servers.values():
+                        if other is not server:
+                            others.enter_context(other.paused())
+                    measured[name].append(hey_round(hey, server.url, payload, Path(body.name), concurrency,
+                                                    requests))
+    return [Result(payload.task, name, concurrency, len(got), sum(r.errors for r in got),
+                   round(statistics.median(r.throughput for r in got), 1),
+                   round(statistics.median(r.p50_ms for r in got), 2),
+                   round(statistics.median(r.p99_ms for r in got), 2)) for name, got in measured.items()]
 
 
-def run_suite(server: Server, label: str, endpoints: dict, concurrencies: list[int], requests: int) -> list[Result]:
-    results = []
-    for name, (path, body, content_type) in endpoints.items():
-        for concurrency in concurrencies:
-            result = asyncio.run(measure(server.port, name, label, path, body, content_type, concurrency,
-                                         requests if concurrency > 1 else requests // 4))
-            print(f"  {label:14s} {name:10s} c={concurrency:<3d} {result.throughput:8.1f} req/s  "
-                  f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms", flush=True)
-            results.append(result)
-    return results
+# ---------------------------------------------------------------- in-process limit
+@dataclass
+class Limit:
+    task: str
+    model: str
+    backend: str
+    one_item_p50_ms: float
+    best_batch: int
+    items_per_s: float
+
+
+def in_process_limits(tasks: list[str], payload_of: dict[str, Payload], seconds: float) -> list[Limit]:
+    """Decode + forward of each task's default model, set up as the server sets it up, with no HTTP."""
+    import torch
+
+    from app.core.config import Settings
+    from app.serving.loading import read_manifest
+    from app.serving.registry import default_per_task, discover_handlers
+
+    settings = Settings()
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    entries = read_manifest(settings.weights_dir)
+    classes = discover_handlers()
+    handlers = {name: classes[entry["architecture"]](entry, settings.weights_dir, settings)
+                for name, entry in entries.items()}
+    limits = []
+    for task, name in default_per_task(handlers).items():
+        if task not in tasks:
+            continue
+        handler = handlers[name]
+        handler.setup(torch.device("cpu"))
+        raw = payload_of[task].raw
+        one = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(one) < 50:
+            started = time.perf_counter()
+            handler.predict([handler.decode_request(raw)])
+            one.append(time.perf_counter() - started)
+        rates = {size: _items_per_s(handler, raw, size, seconds / 2) for size in LIMIT_BATCH_SIZES}
+        best = max(rates, key=rates.get)
+        limits.append(Limit(task, name, handler.inference["backend"], round(statistics.median(one) * 1000, 3),
+                            best, round(rates[best], 1)))
+    return limits
+
+
+def _items_per_s(handler, raw, size: int, seconds: float) -> float:
+    items, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or items < 3 * size:
+        handler.predict([handler.decode_request(raw) for _ in range(size)])
+        items += size
+    return items / (time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------- report
-def report(results: list[Result]) -> str:
-    by_key = {(r.server, r.endpoint, r.concurrency): r for r in results}
-    lines = ["| endpoint | concurrency | model req/s | echo req/s | ratio | model p50 / p99 ms | echo p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+def idle_cpu(servers: dict[str, Server], seconds: float = 2.0) -> dict[str, float]:
+    """Each idle server tree's CPU use, in % of one core: a polling neighbour would skew the comparison."""
+    trees = {name: server.tree() for name, server in servers.items()}
+    before = {name: sum(sum(p.cpu_times()[:2]) for p in procs) for name, procs in trees.items()}
+    time.sleep(seconds)
+    return {name: round(100 * (sum(sum(p.cpu_times()[:2]) for p in procs) - before[name]) / seconds, 1)
+            for name, procs in trees.items()}
+
+
+def report(results: list[Result], limits: list[Limit]) -> str:
+    by = {(r.server, r.task, r.concurrency): r for r in results}
+    lines = ["| endpoint | concurrency | this server req/s | LitServe req/s | throughput ratio | this server p50 / p99 ms "
+             "| LitServe p50 / p99 ms | p50 ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        if r.server != "model":
+        if r.server != "this":
             continue
-        echo = by_key[("echo", r.endpoint, r.concurrency)]
-        lines.append(f"| {r.endpoint} | {r.concurrency} | {r.throughput:.0f} | {echo.throughput:.0f} | "
-                     f"{r.throughput / echo.throughput:.0%} | {r.p50_ms:.1f} / {r.p99_ms:.1f} | "
-                     f"{echo.p50_ms:.1f} / {echo.p99_ms:.1f} |")
-    unbatched = [r for r in results if r.server == "model-unbatched"]
-    for r in unbatched:
-        batched = by_key[("model", r.endpoint, r.concurrency)]
-        lines.append(f"\nobjects at concurrency {r.concurrency}: batching on {batched.throughput:.0f} req/s, "
-                     f"off {r.throughput:.0f} req/s -> {batched.throughput / r.throughput:.2f}x")
+        peer = by[("litserve", r.task, r.concurrency)]
+        lines.append(f"| {r.task} | {r.concurrency} | {r.throughput:,.0f} | {peer.throughput:,.0f} | "
+                     f"{r.throughput / peer.throughput:.2f}x | {r.p50_ms:.2f} / {r.p99_ms:.1f} | "
+                     f"{peer.p50_ms:.2f} / {peer.p99_ms:.1f} | {r.p50_ms / peer.p50_ms:.2f}x |")
+    lines += ["", "| endpoint | model (backend) | in-process p50, 1 item | request-path overhead at c=1 | "
+                  "in-process limit (best batch) | this server at c=32 | share of the limit |",
+              "|---|---|---|---|---|---|---|"]
+    for limit in limits:
+        single, loaded = by.get(("this", limit.task, 1)), by.get(("this", limit.task, 32))
+        overhead = f"{single.p50_ms - limit.one_item_p50_ms:.2f} ms" if single else "-"
+        share = f"{loaded.throughput / limit.items_per_s:.0%}" if loaded else "-"
+        shown = f"{loaded.throughput:,.0f} req/s" if loaded else "-"
+        lines.append(f"| {limit.task} | {limit.model} ({limit.backend}) | {limit.one_item_p50_ms:.2f} ms | {overhead} | "
+                     f"{limit.items_per_s:,.0f} items/s (batch {limit.best_batch}) | {shown} | {share} |")
+    for r in results:
+        if r.server == "unbatched":
+            batched = by[("this", r.task, r.concurrency)]
+            lines.append(f"\n{r.task} at concurrency {r.concurrency}: dynamic batching on {batched.throughput:,.0f} "
+                         f"req/s, BATCH_MAX_SIZE=1 {r.throughput:,.0f} req/s -> {batched.throughput / r.throughput:.2f}x")
+    errors = [f"{r.server} {r.task} c={r.concurrency}: {r.errors}" for r in results if r.errors]
+    if errors:
+        lines.append("\nnon-200 answers: " + ", ".join(errors))
     return "\n".join(lines)
+
+
+def start_servers(stack: ExitStack, data_dir: Path, batching_gain: bool) -> dict[str, Server]:
+    servers = {"this": stack.enter_context(Server(env={"DATA_DIR": str(data_dir / "this")})),
+               "litserve": stack.enter_context(Server(PEER, ready_path="/health", name="litserve"))}
+    if batching_gain:
+        servers["unbatched"] = stack.enter_context(Server(
+            env={"DATA_DIR": str(data_dir / "unbatched"), "BATCH_MAX_SIZE": "1", "STYLE_JOBS_ENABLED": "false"},
+            name="unbatched"))
+    return servers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement at concurrency > 1")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round at concurrency > 1 "
+                        "(a quarter of it at concurrency 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server and measurement; the median counts")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--limit-s", type=float, default=2.0, help="seconds per in-process measurement")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
-    endpoints = payloads()
-    env = {"DEVICE": args.device}
-    print(f"bench.serving on {platform.node()} ({os.cpu_count()} CPUs), DEVICE={args.device}")
+    hey = hey_binary()
+    payload_of = payloads()
+    print(f"bench.serving on {platform.node()} ({os.cpu_count()} CPUs), INFERENCE_BACKEND="
+          f"{os.environ.get('INFERENCE_BACKEND', 'auto')}, load generator {hey}", flush=True)
 
-    results = []
-    with Server("app.main:app", env) as server:
-        results += run_suite(server, "model", endpoints, args.concurrency, args.requests)
-    with Server("bench.echo_app:app") as server:
-        results += run_suite(server, "echo", endpoints, args.concurrency, args.requests)
-    with Server("app.main:app", {**env, "BATCH_MAX_SIZE": "1"}) as server:
-        results += run_suite(server, "model-unbatched", {"objects": endpoints["objects"]},
-                             [c for c in args.concurrency if c > 1], args.requests)
+    limits = in_process_limits(args.tasks, payload_of, args.limit_s)
+    for limit in limits:
+        print(f"  in-process {limit.task:10s} {limit.model} ({limit.backend}): 1 item p50 {limit.one_item_p50_ms:.2f} ms,"
+              f" {limit.items_per_s:,.0f} items/s at batch {limit.best_batch}", flush=True)
 
-    print("\n" + report(results))
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as data_dir, ExitStack() as stack:
+        servers = start_servers(stack, Path(data_dir), batching_gain="objects" in args.tasks
+                                and any(c > 1 for c in args.concurrency))
+        print(f"  idle CPU, % of a core: {idle_cpu(servers)}", flush=True)
+        for task in args.tasks:
+            for concurrency in args.concurrency:
+                compared = {name: servers[name] for name in ("this", "litserve")}
+                if task == "objects" and concurrency > 1:
+                    compared["unbatched"] = servers["unbatched"]
+                requests = args.requests if concurrency > 1 else max(50, args.requests // 4)
+                for result in measure_side_by_side(hey, compared, payload_of[task], concurrency, requests, args.rounds):
+                    print(f"  {result.server:10s} {task:10s} c={concurrency:<3d} {result.throughput:8.1f} req/s  "
+                          f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms", flush=True)
+                    results.append(result)
+
+    print("\n" + report(results, limits))
     if args.out:
-        args.out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        args.out.write_text(json.dumps({"results": [asdict(r) for r in results],
+                                        "limits": [asdict(limit) for limit in limits]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

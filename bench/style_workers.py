@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.serving import free_port
+from bench.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTENT = REPO_ROOT / "data" / "style" / "chelsea.png"

@@ -1,4 +1,7 @@
-"""Request dependencies: settings and the model registry live on app.state, set up by the lifespan."""
+"""Request dependencies: settings and the model registry live on app.state, set up by the lifespan.
+
+All are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a hop that costs more than the
+attribute read it wraps, on every request."""
 from typing import Annotated
 
 import anyio
@@ -13,15 +16,15 @@ from app.serving.registry import ModelRegistry, ServedModel
 DEFAULT_TOP_K = 3
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return _started(request, "registry")
 
 
-def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
+async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
     return _started(request, "decode_limiter")
 
 
@@ -41,7 +44,7 @@ DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
 def served_model_for(task: str):
     """A dependency resolving `?model=` (default: the task's default model) to a ready model of `task`."""
 
-    def served_model(
+    async def served_model(
         request: Request,
         registry: RegistryDep,
         model: Annotated[str | None, Query(description=f"a {task} model name; default: the task's default "

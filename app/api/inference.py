@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -62,8 +63,10 @@ def payload_inputs(payload: OneOrMany) -> Inputs:
 
 
 async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any], Any], top_k: int,
-                      limiter: anyio.CapacityLimiter) -> dict:
-    """Decode every input (big images in worker threads), batch them through the model, encode the answers."""
+                      limiter: anyio.CapacityLimiter) -> JSONResponse:
+    """Decode every input (big images in worker threads), batch them through the model, encode the answers.
+    The response is built here, once: returned as a Response, it skips FastAPI's validation and re-encoding
+    against the declared response_model (which still documents it in the OpenAPI schema)."""
     async def decode_one(raw: Any) -> Any:
         if served.handler.decodes_inline(raw):
             return decode(raw)
@@ -74,8 +77,8 @@ async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any
     probabilities = await asyncio.gather(*(served.predict(item) for item in decoded))
     results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
     if inputs.is_batch:
-        return {"model": served.handler.name, "results": results}
-    return {"model": served.handler.name, **results[0]}
+        return JSONResponse({"model": served.handler.name, "results": results})
+    return JSONResponse({"model": served.handler.name, **results[0]})
 
 
 async def _gather_named(inputs: Inputs, awaitables: list) -> list:

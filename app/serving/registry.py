@@ -61,7 +61,7 @@ class ModelRegistry:
         self.settings = settings
         self.status: Literal["loading", "ready", "failed"] = "loading"
         self.error: str | None = None
-        self.defaults = _default_per_task(handlers)
+        self.defaults = default_per_task(handlers)
         self._served: dict[str, ServedModel] = {}
         self.load_seconds: dict[str, float] = {}  # per model, for the model_load_seconds metric
 
@@ -176,7 +176,7 @@ def _make_handler(entry: dict, handler_classes: dict[str, type[ModelHandler]], w
     return handler_cls(entry, weights_dir, settings)
 
 
-def _default_per_task(handlers: dict[str, ModelHandler]) -> dict[str, str]:
+def default_per_task(handlers: dict[str, ModelHandler]) -> dict[str, str]:
     """The entry marked default for each task, else the task's first entry."""
     first: dict[str, str] = {}
     marked: dict[str, str] = {}

@@ -2,6 +2,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
@@ -42,7 +43,7 @@ def image_router(task: str, what: str) -> APIRouter:
     )
     async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                       served: Annotated[ServedModel, Depends(served_model)],
-                      top_k: TopKQuery = None) -> dict:
+                      top_k: TopKQuery = None) -> JSONResponse:
         top_k = checked_top_k(served, top_k)
         inputs = await read_image_inputs(request, settings)
         handler = served.handler

@@ -3,6 +3,7 @@ import codecs
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
@@ -41,7 +42,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/{TASK}", tags=[TASK], route_class=Timed
 )
 async def predict(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                   served: Annotated[ServedModel, Depends(served_model_for(TASK))],
-                  top_k: TopKQuery = None) -> dict:
+                  top_k: TopKQuery = None) -> JSONResponse:
     top_k = checked_top_k(served, top_k)
     inputs = await read_text_inputs(request, settings)
     check_total_chars(inputs.items, settings.max_request_chars)
