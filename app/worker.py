@@ -104,7 +104,8 @@ class RedisWorker:
         import dramatiq
 
         # VGG loaded and the device measured (warm-up) before the first heartbeat: a live worker is a ready one
-        self.runner.load_engine(self.device, str(self.settings.style_vgg_weights), self.settings.torch_threads)
+        self.runner.load_engine(self.device, str(self.settings.style_vgg_weights), self.settings.torch_threads,
+                                    self.settings.worker_nice)
         self.store.register_worker(self.id, self.runner.device_key)
         self.store.heartbeat(self.id, None)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)

@@ -1,5 +1,6 @@
 """All runtime settings, read from the environment (or a .env file) in one place."""
 from functools import lru_cache
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -69,6 +70,12 @@ class Settings(BaseSettings):
     style_jobs_enabled: bool = Field(True, description="serve /v1/style (style-transfer jobs run by worker processes)")
     job_workers: int = Field(1, ge=0, description="style-transfer worker processes, one job at a time each; "
                              "0 queues jobs without running them")
+    style_threads: int = Field(0, ge=0, description="torch threads of each embedded style worker; 0: on the CPU, one "
+                               "fewer than the CPUs the server may use (at least 1), so predicts keep a core; on "
+                               "CUDA, and for python -m app.worker, TORCH_THREADS")
+    worker_nice: int = Field(10, ge=0, le=19, description="the style workers' scheduling niceness (Unix nice): "
+                             "on a CPU shared with the API, predicts come first and a style job takes what is left; "
+                             "0 runs them at the API's priority")
     max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
     max_queued_jobs_per_owner: int = Field(4, ge=0, description="with API_KEYS: most style jobs one key may have "
                                            "waiting (429 beyond); 0: no per-key cap")
@@ -125,3 +132,11 @@ def _split(value: str) -> list[str]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from app.core.config import usable_cpus
 from app.serving.loading import StartupError
 
 if TYPE_CHECKING:
@@ -94,12 +94,7 @@ class OnnxRunner(Runner):
 
 def onnx_threads(settings: Settings) -> int:
     """ONNX Runtime's intra-op threads: TORCH_THREADS when set, else the CPUs this process may run on."""
-    if settings.torch_threads > 0:
-        return settings.torch_threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return settings.torch_threads if settings.torch_threads > 0 else usable_cpus()
 
 
 def requested_backend(settings: Settings) -> str:

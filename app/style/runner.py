@@ -47,6 +47,7 @@ class WorkerConfig:
     vgg_weights: str
     max_image_pixels: int
     torch_threads: int = 0
+    nice: int = 0
     log_level: str = "info"
     parent_pid: int = 0
 
@@ -99,7 +100,8 @@ class Worker:
 
     def serve(self) -> None:
         try:
-            self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads)
+            self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads,
+                                    self.config.nice)
         except ParentGone:
             return
         self._report(FAILED if self.runner.engine is None else READY, self.runner.load_error or "")
@@ -132,15 +134,18 @@ class JobRunner:
         self.device_key = "cpu"
         self.job_waiting = lambda: False  # True when a job arrived: the warm-up gives way to it
 
-    def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0) -> None:
-        """Load VGG-19 on the device, then measure it (warm_up). A failure is kept in load_error: every job this
-        worker takes then fails with it."""
+    def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0, nice: int = 0) -> None:
+        """Lower this process's priority by `nice` (WORKER_NICE), load VGG-19 on the device, then measure it
+        (warm_up). A failure is kept in load_error: every job this worker takes then fails with it."""
         import torch
 
         from app.serving.loading import resolve_device
         from app.style.engine import StyleEngine
         from app.style.eta import device_key
 
+        if nice > 0:
+            # The API's predicts come first where both compete for the CPU (bench.contention measures the pair).
+            os.nice(nice)
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         started = time.monotonic()

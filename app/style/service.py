@@ -33,7 +33,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 import torch
 
-from app.core.config import Settings
+from app.core.config import Settings, usable_cpus
 from app.style.options import StyleParams
 from app.style.eta import EtaBoard, device_key
 from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED, JobStore, JobStoreUnavailable
@@ -52,6 +52,17 @@ ETA_CACHE_S = 0.5  # time estimates are recomputed at most this often per proces
 FAILING_DEATHS = 3  # a worker that died this many times in a row soon after starting: /readyz style "failed"
 NO_WORKER_GRACE_S = 60.0  # JOB_BACKEND=redis: "starting" this long after the API started with no worker, then
 # "unavailable"
+
+
+def embedded_style_threads(settings: Settings, device: torch.device) -> int:
+    """An embedded worker on the CPU shares it with the API: its torch threads leave one CPU to the predicts.
+    With every CPU, a core busy with predicts stalls each parallel region of the job (bench.contention, 2 cores:
+    the job 6x slower beside digits at concurrency 1); with one fewer, job and predicts keep their pace."""
+    if settings.style_threads > 0:
+        return settings.style_threads
+    if device.type != "cpu":
+        return settings.torch_threads
+    return max(1, usable_cpus() - 1)
 
 
 @dataclass
@@ -202,7 +213,8 @@ class StyleService(_StyleServiceBase):
         config = WorkerConfig(
             worker_id=slot.worker_id, data_dir=str(s.data_dir), device=str(self.device),
             vgg_weights=str(s.style_vgg_weights), max_image_pixels=s.max_image_pixels,
-            torch_threads=s.torch_threads, log_level=s.log_level, parent_pid=os.getpid())
+            torch_threads=embedded_style_threads(s, self.device), nice=s.worker_nice, log_level=s.log_level,
+            parent_pid=os.getpid())
         slot.state = self._ctx.Value("i", STARTING, lock=False)
         slot.error = self._ctx.Array("c", 512, lock=False)
         process = self._ctx.Process(target=worker_main, args=(config, self._wake, self._stop, slot.state, slot.error),
