@@ -72,13 +72,14 @@ async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any
             return decode(raw)
         return await anyio.to_thread.run_sync(decode, raw, limiter=limiter)
 
+    if not inputs.is_batch:  # one input: awaited directly, no task per step (most requests)
+        probabilities = await served.predict(await decode_one(inputs.items[0]))
+        return JSONResponse({"model": served.handler.name, **served.handler.encode_response(probabilities, top_k)})
     decoded = await _gather_named(inputs, [decode_one(raw) for raw in inputs.items])
     # Each item is submitted separately so it can share a forward pass with other requests' items.
     probabilities = await asyncio.gather(*(served.predict(item) for item in decoded))
     results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
-    if inputs.is_batch:
-        return JSONResponse({"model": served.handler.name, "results": results})
-    return JSONResponse({"model": served.handler.name, **results[0]})
+    return JSONResponse({"model": served.handler.name, "results": results})
 
 
 async def _gather_named(inputs: Inputs, awaitables: list) -> list:
