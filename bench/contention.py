@@ -1,6 +1,6 @@
 """Classifiers beside a running style job, on one shared CPU: what WORKER_NICE buys.
 
-    python -m bench.contention                   # the old setup (nice 0, 2 threads) against the defaults, 256 px
+    python -m bench.contention                   # the defaults against nice 10 and one thread fewer, 256 px
     python -m bench.contention --configs 0:2 10:2 10:1 --size 128 --steps 100
 
 Each config is WORKER_NICE:STYLE_THREADS (STYLE_THREADS 0: the server's default). For each, in one run, it starts this server (`python -m app`, one embedded style worker) and measures:
@@ -83,7 +83,7 @@ def measure(config: str, args, hey: str, body_file: Path, payload) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["0:2", "10:0"], help="WORKER_NICE:STYLE_THREADS to compare")
+    parser.add_argument("--configs", nargs="+", default=["0:0", "10:0", "10:1", "0:1"], help="WORKER_NICE:STYLE_THREADS to compare")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--requests", type=int, default=200, help="digits requests per hey round")

@@ -72,10 +72,10 @@ class Settings(BaseSettings):
                              "0 queues jobs without running them")
     style_threads: int = Field(0, ge=0, description="torch threads of each embedded style worker; 0: on the CPU, one "
                                "fewer than the CPUs the server may use (at least 1), so predicts keep a core; on "
-                               "CUDA, and for python -m app.worker, TORCH_THREADS")
-    worker_nice: int = Field(10, ge=0, le=19, description="the style workers' scheduling niceness (Unix nice): "
-                             "on a CPU shared with the API, predicts come first and a style job takes what is left; "
-                             "0 runs them at the API's priority")
+                               "CUDA, TORCH_THREADS (README, bench.contention)")
+    worker_nice: int = Field(0, ge=0, le=19, description="the style workers' scheduling niceness (Unix nice); "
+                             "above 0 predicts come first on a shared CPU, at a cost to the job (README, "
+                             "bench.contention)")
     max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
     max_queued_jobs_per_owner: int = Field(4, ge=0, description="with API_KEYS: most style jobs one key may have "
                                            "waiting (429 beyond); 0: no per-key cap")

@@ -55,9 +55,10 @@ NO_WORKER_GRACE_S = 60.0  # JOB_BACKEND=redis: "starting" this long after the AP
 
 
 def embedded_style_threads(settings: Settings, device: torch.device) -> int:
-    """An embedded worker on the CPU shares it with the API: its torch threads leave one CPU to the predicts.
-    With every CPU, a core busy with predicts stalls each parallel region of the job (bench.contention, 2 cores:
-    the job 6x slower beside digits at concurrency 1); with one fewer, job and predicts keep their pace."""
+    """STYLE_THREADS when set. Else, on the CPU, one fewer than the server's CPUs (at least 1): the API keeps a core,
+    which a job's parallel regions would otherwise keep stalling on (bench.contention, 2 cores, a 256 px job beside
+    digits at concurrency 1: 2.1x slower with both threads, 1.1x with one; a job alone takes 34 s with two, 56 s with
+    one). On CUDA, TORCH_THREADS."""
     if settings.style_threads > 0:
         return settings.style_threads
     if device.type != "cpu":
