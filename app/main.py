@@ -53,6 +53,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await style_service.start()
             style_service.events.close_on(app.state.shutdown)  # open event streams end on SIGTERM
             app.state.style_service = style_service
+        if app.state.wait_until_ready:
+            await until_ready(registry, loading, style_service, settings)
         yield
     finally:
         loading.cancel()
@@ -75,7 +77,39 @@ def prepare_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def until_ready(registry: ModelRegistry, loading: asyncio.Task, style_service, settings: Settings) -> None:
+    """create_app(wait_until_ready=True): hold the startup until every model is loaded and, with embedded style
+    workers, one worker is ready for jobs (VGG loaded, device measured); StartupError when loading failed or took
+    longer than READY_TIMEOUT_S, so the app never starts serving half-loaded (and a test never hangs on it)."""
+    def style_state() -> tuple[str, str | None]:
+        if style_service is None or settings.job_backend != "embedded":
+            return "ready", None  # JOB_BACKEND=redis: the workers are other processes, started on their own
+        return style_service.readiness()
+
+    timeout_s = settings.ready_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(loading)
+            while style_state()[0] == "starting":
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        waiting = [name for name, state in (("the models", registry.status), ("the style worker", style_state()[0]))
+                   if state in ("loading", "starting")]
+        raise StartupError(f"not ready after READY_TIMEOUT_S={timeout_s:g} s: still waiting for "
+                           f"{' and '.join(waiting) or 'the models'}") from None
+    if registry.status != "ready":
+        raise StartupError(f"model loading failed: {registry.error}")
+    state, detail = style_state()
+    if state == "failed":
+        raise StartupError(f"the style worker failed to start: {detail}")
+    logger.info("ready: %d models%s", len(registry.loaded), "" if style_service is None else f", style {state}")
+
+
+def create_app(settings: Settings | None = None, *, wait_until_ready: bool = False) -> FastAPI:
+    """The app. wait_until_ready=True (tests): the lifespan's startup returns only once the models are loaded and a
+    style worker is ready, so `with TestClient(create_app(settings, wait_until_ready=True)) as client:` serves at
+    once; a failed or overlong load raises StartupError from the startup instead. Off (serving), models load in the
+    background while /healthz answers and /readyz reports progress."""
     settings = settings or Settings()
     configure_logging(settings)
     # FastAPIOffline: a FastAPI whose /docs (Swagger UI) and /redoc load their JS/CSS from the fastapi-offline
@@ -87,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.wait_until_ready = wait_until_ready
     app.state.shutdown = ShutdownSignal()
     app.state.metrics = Metrics(app)  # a registry per app: several apps in one process do not clash
     # Middleware, innermost first: body limit, body read timeout + upload slots (taken when a body is read),

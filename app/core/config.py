@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 API_PREFIX = "/v1"  # every versioned route: mounted once (app/main.py), protected by API_KEYS (app/core/security.py)
+V2_PREFIX = "/v2"  # the Open Inference Protocol (app/api/v2/): its errors are {"error": ...}, not {"detail": ...}
+V2_HEALTH_PREFIX = f"{V2_PREFIX}/health"  # its liveness and readiness probes, open like /healthz and /readyz
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,9 @@ class Settings(BaseSettings):
                                    "classifiers' forward passes: torch; onnxruntime (the committed ONNX exports, on "
                                    "the CPU only); auto: ONNX Runtime per model where it is measured faster at "
                                    "startup on the CPU, torch otherwise and always on CUDA")
+    ready_timeout_s: float = Field(120.0, gt=0, description="with create_app(wait_until_ready=True) (tests, "
+                                   "app.testing): seconds the models and the first style worker get to load "
+                                   "before the startup fails with StartupError")
     log_level: str = Field("info", pattern=r"(?i)^(debug|info|warning|error)$", description="the app's log level")
     log_format: str = Field("text", pattern=r"(?i)^(text|json)$", description="text, or json: one JSON object "
                             "per log line")
