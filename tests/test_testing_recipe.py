@@ -94,9 +94,10 @@ def test_the_recipe_in_a_user_project(tmp_path):
     (project / "test_after.py").write_text(TESTS_AFTER)
     junit = tmp_path / "junit.xml"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                           "test_before.py", "test_mine.py", "test_after.py"], cwd=project, capture_output=True, text=True,
-                          timeout=240, env={**_env(), "PYTHONPATH": str(REPO_ROOT)})
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               "test_before.py", "test_mine.py", "test_after.py"]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=240,
+                          env={**_env(), "PYTHONPATH": str(REPO_ROOT)})
     log = f"\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     got = outcomes(junit)
     assert {name: outcome for name, (outcome, _) in got.items()} == {
