@@ -17,6 +17,7 @@ from app.api.error_handlers import install_error_handlers
 from app.api.openapi import declare_api_keys
 from app.api.routes import health, metrics, models, sentiment
 from app.api.routes.images import image_router
+from app.api.v2 import routes as v2
 from app.core.config import Settings
 from app.core.lifecycle import ShutdownSignal, install_signal_chain
 from app.core.limits import BodySizeLimitMiddleware
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *, wait_until_ready: bool = Fal
     app.include_router(image_router("digits", "a handwritten digit"))
     app.include_router(image_router("objects", "a photo of an everyday object (CIFAR-10 classes)"))
     app.include_router(sentiment.router)
+    app.include_router(v2.router)  # the Open Inference Protocol (app/api/v2/)
     if settings.style_jobs_enabled:
         install_style(app)  # routes, job-store error answers, metrics (app/style/install.py)
     install_web(app)

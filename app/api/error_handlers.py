@@ -1,4 +1,5 @@
-"""Every error leaves the API as JSON {"detail": "<a sentence a client can act on>"}."""
+"""Every error leaves the API as JSON {"detail": "<a sentence a client can act on>"}; on the Open Inference
+Protocol's /v2 routes as that protocol's {"error": "..."} (app.core.errors.error_body)."""
 import logging
 
 from fastapi import FastAPI, Request
@@ -8,7 +9,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.core.errors import APIError
+from app.core.config import V2_PREFIX
+from app.core.errors import APIError, error_body
 from app.core.observability import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(error_body(request.url.path, exc.detail), status_code=exc.status_code, headers=exc.headers)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -33,6 +35,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
         where = exc.errors()[0].get("ctx", {}).get("error") or errors[0]["msg"]
         return JSONResponse({"detail": f"the body is not valid JSON ({where})", "errors": errors}, status_code=400)
     detail = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    if request.url.path.startswith(V2_PREFIX + "/"):  # the protocol's error: one sentence, 400
+        return JSONResponse(error_body(request.url.path, detail), status_code=400)
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
@@ -62,7 +66,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
         allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
         headers = {**(exc.headers or {}), "Allow": allowed}
         detail = f"method {request.method} not allowed on {request.url.path}; use {allowed or 'another method'}"
-    return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=headers)
+    return JSONResponse(error_body(request.url.path, str(detail)), status_code=exc.status_code, headers=headers)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -89,5 +93,6 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = request.scope.get("request_id") or request_id_var.get()
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
                      extra={"request_id": request_id})
-    return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500,
+    return JSONResponse(error_body(request.url.path, "internal server error; the server log has the details"),
+                        status_code=500,
                         headers={REQUEST_ID_HEADER: request_id})

@@ -67,19 +67,37 @@ async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any
     """Decode every input (big images in worker threads), batch them through the model, encode the answers.
     The response is built here, once: returned as a Response, it skips FastAPI's validation and re-encoding
     against the declared response_model (which still documents it in the OpenAPI schema)."""
-    async def decode_one(raw: Any) -> Any:
-        if served.handler.decodes_inline(raw):
-            return decode(raw)
-        return await anyio.to_thread.run_sync(decode, raw, limiter=limiter)
-
     if not inputs.is_batch:  # one input: awaited directly, no task per step (most requests)
-        probabilities = await served.predict(await decode_one(inputs.items[0]))
+        probabilities = await served.predict(await _decode_one(served, decode, limiter, inputs.items[0]))
         return JSONResponse({"model": served.handler.name, **served.handler.encode_response(probabilities, top_k)})
-    decoded = await _gather_named(inputs, [decode_one(raw) for raw in inputs.items])
-    # Each item is submitted separately so it can share a forward pass with other requests' items.
-    probabilities = await asyncio.gather(*(served.predict(item) for item in decoded))
+    probabilities = await predict_each(served, await decode_all(served, inputs, decode, limiter))
     results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
     return JSONResponse({"model": served.handler.name, "results": results})
+
+
+async def decode_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any], Any],
+                     limiter: anyio.CapacityLimiter) -> list:
+    """Every input decoded (big images in worker threads); the first that fails names itself in the error."""
+    if len(inputs.items) == 1:
+        try:
+            return [await _decode_one(served, decode, limiter, inputs.items[0])]
+        except APIError as exc:
+            raise inputs.named(0, exc) from None
+    return await _gather_named(inputs, [_decode_one(served, decode, limiter, raw) for raw in inputs.items])
+
+
+async def predict_each(served: ServedModel, items: list) -> list:
+    """Each item is submitted separately so it can share a forward pass with other requests' items."""
+    if len(items) == 1:
+        return [await served.predict(items[0])]
+    return await asyncio.gather(*(served.predict(item) for item in items))
+
+
+async def _decode_one(served: ServedModel, decode: Callable[[Any], Any], limiter: anyio.CapacityLimiter,
+                      raw: Any) -> Any:
+    if served.handler.decodes_inline(raw):
+        return decode(raw)
+    return await anyio.to_thread.run_sync(decode, raw, limiter=limiter)
 
 
 async def _gather_named(inputs: Inputs, awaitables: list) -> list:

@@ -1,5 +1,15 @@
-"""Client errors raised anywhere below the routes, rendered as JSON {"detail": "..."}."""
+"""Client errors raised anywhere below the routes, rendered as JSON {"detail": "..."} (or, on the Open Inference
+Protocol's /v2 routes, as that protocol's {"error": "..."})."""
 import json
+
+from app.core.config import V2_PREFIX
+
+
+def error_body(path: str, detail: str) -> dict:
+    """The error object a client of this path expects: /v1's {"detail"} or the Open Inference Protocol's {"error"}."""
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return {"error": detail}
+    return {"detail": detail}
 
 
 class APIError(Exception):
@@ -41,9 +51,10 @@ class ServiceUnavailable(APIError):
     status_code = 503
 
 
-async def send_json_error(send, status: int, detail: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """Answer {"detail": ...} straight from an ASGI middleware, before any route (and its handlers) runs."""
-    body = json.dumps({"detail": detail}).encode()
+async def send_json_error(scope, send, status: int, detail: str,
+                          extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer the path's error object straight from an ASGI middleware, before any route (and its handlers) runs."""
+    body = json.dumps(error_body(scope.get("path", ""), detail)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

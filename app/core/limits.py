@@ -20,7 +20,7 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _send_413(send, f"request body is {declared} bytes; the limit is {self.max_bytes} bytes "
+            await _send_413(scope, send, f"request body is {declared} bytes; the limit is {self.max_bytes} bytes "
                                   "(MAX_UPLOAD_BYTES)")
             return
         await self._stream_with_limit(scope, receive, send)
@@ -52,7 +52,7 @@ class BodySizeLimitMiddleware:
             # Inside the routes the APIError handler answers; this covers reads outside them.
             if response_started:
                 raise
-            await _send_413(send, exc.detail)
+            await _send_413(scope, send, exc.detail)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -65,5 +65,5 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, detail: str) -> None:
-    await send_json_error(send, 413, detail, [(b"connection", b"close")])
+async def _send_413(scope: Scope, send: Send, detail: str) -> None:
+    await send_json_error(scope, send, 413, detail, [(b"connection", b"close")])

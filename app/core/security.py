@@ -5,7 +5,8 @@ API_KEYS is a comma-separated list of entries `KEY`, `NAME:KEY` or `NAME:KEY:adm
 `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in constant time against every configured key;
 the request then carries its Caller (scope["user"]): the name (logs, metrics and job ownership show it, never the
 key; an unnamed key is "key1", "key2"... by position) and whether it is an admin (sees every caller's style
-jobs). Open without a key: /healthz, /readyz, /metrics, /, /web/*, /docs, /openapi.json (everything outside /v1).
+jobs). Open without a key: /healthz, /readyz, /v2/health/*, /metrics, /, /web/*, /docs, /openapi.json (everything
+outside /v1 and /v2).
 CORS preflights (OPTIONS) never reach this middleware when CORS is on: the CORS middleware sits outside it.
 """
 import hmac
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.config import API_PREFIX
+from app.core.config import API_PREFIX, V2_HEALTH_PREFIX, V2_PREFIX
 from app.core.errors import send_json_error
 
 ADMIN_FLAG = "admin"
@@ -68,11 +69,11 @@ class APIKeyMiddleware:
             return
         presented = _presented_key(scope)
         if presented is None:
-            await _send_401(send, "missing API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+            await _send_401(scope, send, "missing API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
             return
         caller = self._caller(presented)
         if caller is None:
-            await _send_401(send, "invalid API key")
+            await _send_401(scope, send, "invalid API key")
             return
         scope["user"] = caller
         await self.app(scope, receive, send)
@@ -92,7 +93,10 @@ def caller_of(scope: Scope) -> Caller | None:
 
 
 def _protected(path: str) -> bool:
-    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+    """/v1 and the Open Inference Protocol's /v2, except /v2's health probes (open, like /healthz and /readyz)."""
+    if path.startswith(V2_HEALTH_PREFIX + "/"):
+        return False
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in (API_PREFIX, V2_PREFIX))
 
 
 def _presented_key(scope: Scope) -> bytes | None:
@@ -107,5 +111,5 @@ def _presented_key(scope: Scope) -> bytes | None:
     return None
 
 
-async def _send_401(send: Send, detail: str) -> None:
-    await send_json_error(send, 401, detail, [(b"www-authenticate", b"Bearer")])
+async def _send_401(scope: Scope, send: Send, detail: str) -> None:
+    await send_json_error(scope, send, 401, detail, [(b"www-authenticate", b"Bearer")])

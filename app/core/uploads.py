@@ -162,7 +162,7 @@ class UploadGuardMiddleware:
             # Inside the routes the APIError handler answers; this covers reads outside them.
             if response_started:
                 raise
-            await send_json_error(send, exc.status_code, exc.detail,
+            await send_json_error(scope, send, exc.status_code, exc.detail,
                                   [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()])
         finally:
             body.release()

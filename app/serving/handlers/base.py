@@ -10,6 +10,7 @@ from torch import nn
 
 from app.serving.backends import Runner, choose_runner
 from app.core.config import Settings
+from app.core.errors import BadInput
 from app.serving.loading import StartupError, load_state_dict
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 
@@ -114,6 +115,12 @@ class ModelHandler(ABC):
         """Decoded items -> the network's named inputs (CPU tensors): the keyword arguments of its forward and the
         inputs of its ONNX export."""
 
+    @abstractmethod
+    def split(self, tensors: dict[str, torch.Tensor]) -> list[Any]:
+        """The inverse of `collate`: the network's named inputs for N items (already of its shapes and dtypes,
+        as a client of the Open Inference Protocol sends them) -> N decoded items; raises BadInput for values
+        the network cannot take."""
+
     def forward(self, batch: list[Any]) -> torch.Tensor:
         """Logits (N, C) for a list of decoded items, from the chosen runner."""
         return self.runner(self.collate(batch))
@@ -158,3 +165,9 @@ class ImageClassifierHandler(ModelHandler):
 
     def collate(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": torch.stack(batch)}
+
+    def split(self, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        x = tensors["x"]
+        if not bool(torch.isfinite(x).all()):
+            raise BadInput("input 'x' holds NaN or infinite values")
+        return list(x.unbind(0))

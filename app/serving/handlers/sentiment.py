@@ -1,6 +1,7 @@
 """Sentence sentiment (SST-2): text -> token ids -> bi-LSTM."""
 import torch
 
+from app.core.errors import BadInput
 from app.serving.handlers.base import ModelHandler
 from models.sentiment import SentimentLSTM, pad_batch, tokenize
 
@@ -23,3 +24,15 @@ class SentimentHandler(ModelHandler):
     def collate(self, batch: list[list[int]]) -> dict[str, torch.Tensor]:
         ids, lengths = pad_batch(batch)
         return {"ids": ids, "lengths": lengths}
+
+    def split(self, tensors: dict[str, torch.Tensor]) -> list[list[int]]:
+        ids, lengths = tensors["ids"], tensors["lengths"]
+        width, vocabulary = ids.shape[1], self.model.embedding.num_embeddings
+        if width > self.settings.max_text_chars:  # a token is at least one character of a text
+            raise BadInput(f"input 'ids' is {width} tokens wide; the limit is {self.settings.max_text_chars} "
+                           "(MAX_TEXT_CHARS)")
+        if lengths.numel() and not bool(((lengths >= 1) & (lengths <= width)).all()):
+            raise BadInput(f"input 'lengths': each length must be 1 to the width of 'ids' ({width})")
+        if ids.numel() and not bool(((ids >= 0) & (ids < vocabulary)).all()):
+            raise BadInput(f"input 'ids': token ids must be 0 to {vocabulary - 1} (the model's vocabulary)")
+        return [row[:length].tolist() for row, length in zip(ids, lengths.tolist())]
