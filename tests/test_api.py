@@ -295,7 +295,7 @@ def test_get_on_a_predict_route_is_405(client):
 
 
 def test_unknown_route_is_404(client):
-    assert_error(client.get("/v2/nothing"), 404, "not found: /v2/nothing")
+    assert_error(client.get("/v3/nothing"), 404, "not found: /v3/nothing")
 
 
 # --- sentiment ------------------------------------------------------------------------------------------------------

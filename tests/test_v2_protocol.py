@@ -136,6 +136,13 @@ def test_unknown_models_and_versions_are_404_errors(client, path):
     assert "digits-cnn" in response.json()["error"]  # names what there is
 
 
+def test_unknown_v2_routes_are_protocol_errors(client):
+    response = client.get("/v2/nothing")
+    assert response.status_code == 404 and response.json() == {"error": "not found: /v2/nothing"}
+    response = client.delete("/v2/models/digits-cnn")
+    assert response.status_code == 405 and "GET" in response.json()["error"]
+
+
 def test_repository_index(client):
     index = client.post("/v2/repository/index").json()
     assert {entry["name"] for entry in index} == set(MODELS)
