@@ -593,7 +593,7 @@ def test_gpus_where_asked_for():
                 assert device == "cuda"
             elif name not in wanted:
                 assert device in ("cpu", "auto")
-            # requests must not exceed limits, and the GPU is never asked for in requests alone
+            # an extended resource asked for in requests alone is refused by the API server
             assert GPU not in container["resources"]["requests"] or gpus(container)
 
 
