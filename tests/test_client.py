@@ -570,3 +570,57 @@ def test_api_key_is_sent_as_a_bearer_token():
             client.models()
     assert seen[0][2]["Authorization"] == "Bearer s3cret"
     assert seen[0][2]["User-Agent"].startswith("model-server-client/")
+
+
+class ScriptedEvents(BaseHTTPRequestHandler):
+    """A job that the server restarts under: its first event stream carries event ids, a `retry:` hint and ends
+    with `event: shutdown`; the second must come back with Last-Event-ID and gets the end."""
+
+    protocol_version = "HTTP/1.1"
+    streams: list = []
+    JOB = {"id": "J1", "status": "running", "queue_position": None, "progress": {"step": 1, "total": 3,
+                                                                                "fraction": 0.3333}}
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self.path.endswith("/events"):
+            return self._send(200, "application/json", json.dumps(self.JOB).encode())
+        type(self).streams.append(dict(self.headers))
+        if len(self.streams) == 1:
+            body = (f"id: 1\nevent: status\ndata: {json.dumps(self.JOB)}\n\n"
+                    'id: 2\nevent: progress\ndata: {"id":"J1","step":2,"total":3,"fraction":0.6667}\n\n'
+                    'event: shutdown\nretry: 100\ndata: {"id":"J1","status":"running","detail":"restarting"}\n\n')
+        else:
+            done = {**self.JOB, "status": "succeeded", "progress": {"step": 3, "total": 3, "fraction": 1.0}}
+            body = f": keep-alive\n\nid: 3\nevent: status\ndata: {json.dumps(done)}\n\n"
+        self._send(200, "text/event-stream", body.encode())
+
+    def _send(self, status: int, kind: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_reconnection_sends_last_event_id_and_honours_retry():
+    ScriptedEvents.streams = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedEvents)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    seen = []
+    try:
+        with Client(f"http://127.0.0.1:{httpd.server_address[1]}") as client:
+            job = client.job("J1")
+            started = time.monotonic()
+            job.wait(progress=seen.append, timeout=10)
+            elapsed = time.monotonic() - started
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [s.get("Last-Event-ID") for s in ScriptedEvents.streams] == [None, "2"]
+    assert ScriptedEvents.streams[0]["Accept"] == "text/event-stream"
+    assert job.info.status == "succeeded" and job.report.stream_connections == 2 and job.report.reconnects == 1
+    assert job.report.last_event_id == "3" and [i.progress.step for i in seen] == [1, 1, 2, 3]
+    assert 0.1 <= elapsed < 5  # the server's retry: 100 (ms) before reconnecting
