@@ -8,14 +8,16 @@ wait for, a proxy's HTML 502)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import email.utils
+import importlib
 import io
 import json
 import re
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,10 +107,36 @@ def real_server(tmp: Path, **env: str):
         stop(process)
 
 
+def shared_server(request, tmp_path_factory):
+    """One real server for test_client.py and test_client_cli.py (module fixture `client_server` in each): started
+    by the first of them to run, handed on while a test still to run needs it, stopped after the last (at exit if
+    the session ends early). pytest imports this file as `test_client` and the CLI tests import it as
+    `tests.test_client`: both keep the server in the latter's SHARED."""
+    shared = importlib.import_module("tests.test_client").SHARED
+    if "server" not in shared:
+        stack = ExitStack()
+        shared["server"] = stack.enter_context(real_server(tmp_path_factory.mktemp("client")))
+        shared["stack"] = stack
+        atexit.register(stack.close)
+    yield shared["server"]
+    items = request.session.items
+    last = max((i for i, item in enumerate(items) if item.path == request.node.path), default=len(items))
+    if not any("client_server" in getattr(item, "fixturenames", ()) for item in items[last + 1:]):
+        shared.pop("server")
+        shared.pop("stack").close()
+
+
+SHARED: dict = {}
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with real_server(tmp_path_factory.mktemp("client")) as running:
-        yield running
+def client_server(request, tmp_path_factory):
+    yield from shared_server(request, tmp_path_factory)
+
+
+@pytest.fixture
+def server(client_server):
+    return client_server
 
 
 @pytest.fixture
@@ -489,7 +517,7 @@ def test_full_queue_429_with_retry_after_is_retried(server):
     """MAX_QUEUED_JOBS=1: a job running and one queued, the next submit is answered 429 with Retry-After (when the
     running job will be done); the client waits that long and submits again, and the job is accepted."""
     with server.client() as client:
-        running = submit(client, steps=120)
+        running = submit(client, steps=80)
         wait_running(running)
         queued = submit(client, steps=2)
         assert queued.info.status == "queued"

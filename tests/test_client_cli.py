@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from model_server_client import Client
-from tests.test_client import API_KEY, PHOTO, heldout, png, real_server, wait_running
+from tests.test_client import API_KEY, PHOTO, heldout, png, shared_server, wait_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
@@ -23,9 +24,13 @@ CLI_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with real_server(tmp_path_factory.mktemp("cli")) as running:
-        yield running
+def client_server(request, tmp_path_factory):
+    yield from shared_server(request, tmp_path_factory)  # the server of test_client.py when it ran just before
+
+
+@pytest.fixture
+def server(client_server):
+    return client_server
 
 
 @pytest.fixture(scope="module")
@@ -165,22 +170,26 @@ def test_a_cancelled_job_exits_4(server):
 
 
 def test_errors_are_one_line_with_exit_codes(server, images, tmp_path):
-    no_key = cli("models", url=server.url, key=None)
-    assert_one_line_error(no_key, 1, "401 Unauthorized: missing API key", "--api-key", "MODEL_SERVER_API_KEY")
-    bad_preset = cli("style", str(PHOTO), "--preset", "mona_lisa", url=server.url)
-    assert_one_line_error(bad_preset, 1, "422 Unprocessable Entity", "unknown style preset 'mona_lisa'")
-    bad_size = cli("style", str(PHOTO), "--preset", "udnie", "--size", "9", url=server.url)
-    assert_one_line_error(bad_size, 1, "422", "size")
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
-    assert_one_line_error(cli("predict", "objects", str(not_an_image), url=server.url), 1, "415")
-    assert_one_line_error(cli("predict", "digits", str(images["seven"]), "--model", "nope", url=server.url), 1,
-                          "404")
-    assert_one_line_error(cli("job", "status", "no-such-job", url=server.url), 1, "404")
-    missing = cli("predict", "digits", str(tmp_path / "missing.png"), url=server.url)
-    assert_one_line_error(missing, 2, "cannot read image", "missing.png")
-    assert_one_line_error(cli("style", str(PHOTO), url=server.url), 2, "--preset")
-    unreachable = cli("--retries", "0", "models", url="http://127.0.0.1:9")
-    assert_one_line_error(unreachable, 3, "cannot connect to the server at http://127.0.0.1:9")
-    usage = cli("predict", "faces", str(images["seven"]), url=server.url)
+    url = server.url
+    cases = {  # (arguments, cli() keywords) -> (exit code, words of the one line on stderr)
+        (("models",), (("key", None),)): (1, ["401 Unauthorized: missing API key", "--api-key",
+                                             "MODEL_SERVER_API_KEY"]),
+        (("style", str(PHOTO), "--preset", "mona_lisa"), ()): (1, ["422 Unprocessable Entity",
+                                                                   "unknown style preset 'mona_lisa'"]),
+        (("style", str(PHOTO), "--preset", "udnie", "--size", "9"), ()): (1, ["422", "size"]),
+        (("predict", "objects", str(not_an_image)), ()): (1, ["415"]),
+        (("predict", "digits", str(images["seven"]), "--model", "nope"), ()): (1, ["404"]),
+        (("job", "status", "no-such-job"), ()): (1, ["404"]),
+        (("predict", "digits", str(tmp_path / "missing.png")), ()): (2, ["cannot read image", "missing.png"]),
+        (("style", str(PHOTO)), ()): (2, ["--preset"]),
+        (("--retries", "0", "models"), (("url", "http://127.0.0.1:9"),)): (
+            3, ["cannot connect to the server at http://127.0.0.1:9"]),
+    }
+    with ThreadPoolExecutor(4) as pool:  # subprocesses: most of their time is Python starting
+        results = dict(zip(cases, pool.map(lambda case: cli(*case[0], **{"url": url, **dict(case[1])}), cases)))
+        usage = pool.submit(cli, "predict", "faces", str(images["seven"]), url=url).result()
+    for case, (code, words) in cases.items():
+        assert_one_line_error(results[case], code, *words)
     assert usage.returncode == 2 and "invalid choice: 'faces'" in err(usage) and "Traceback" not in err(usage)
