@@ -21,7 +21,7 @@ from model_server_client.errors import (APIError, AuthenticationError, BadReques
 from model_server_client.images import encode_png  # noqa: E402
 from model_server_client.progress import ProgressBar  # noqa: E402
 from model_server_client.retry import RetryPolicy  # noqa: E402
-from model_server_client.types import (JobInfo, ModelInfo, Prediction, Preset, Progress, RetryEvent,  # noqa: E402
+from model_server_client.datatypes import (JobInfo, ModelInfo, Prediction, Preset, Progress, RetryEvent,  # noqa: E402
                                        ScoredLabel, StyleEvent, WaitReport)
 
 __all__ = [

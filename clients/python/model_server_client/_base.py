@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
@@ -17,7 +17,7 @@ from model_server_client.errors import (APIError, InputError, JobCancelled, JobF
 from model_server_client.images import ImageInput, describe, extension, image_bytes, media_type
 from model_server_client.progress import ProgressArg, _Reporter
 from model_server_client.retry import RetryPolicy, parse_retry_after
-from model_server_client.types import (CANCELLED, FAILED, JobInfo, ModelInfo, Prediction, Preset, RetryEvent,
+from model_server_client.datatypes import (CANCELLED, FAILED, JobInfo, ModelInfo, Prediction, Preset, RetryEvent,
                                        StyleEvent, WaitReport)
 
 DEFAULT_URL = "http://127.0.0.1:8000"

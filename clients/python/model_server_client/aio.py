@@ -5,6 +5,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Union, overload
+from urllib.parse import quote
 
 import httpx
 
@@ -14,7 +15,7 @@ from model_server_client.errors import ServiceUnavailable, TransportError, WaitT
 from model_server_client.images import ImageInput
 from model_server_client.progress import ProgressArg, SSEParser
 from model_server_client.retry import RetryPolicy
-from model_server_client.types import JobInfo, ModelInfo, Prediction, Preset, RetryEvent, StyleEvent, WaitReport
+from model_server_client.datatypes import JobInfo, ModelInfo, Prediction, Preset, RetryEvent, StyleEvent, WaitReport
 
 
 class AsyncClient:
@@ -115,7 +116,7 @@ class AsyncClient:
         return _base.model_list(await self._json(Call("GET", f"{_base.API}/models")))
 
     async def model(self, name: str) -> ModelInfo:
-        return ModelInfo.from_json(await self._json(Call("GET", f"{_base.API}/models/{name}")))
+        return ModelInfo.from_json(await self._json(Call("GET", f"{_base.API}/models/{quote(name, safe='')}")))
 
     # ------------------------------------------------------------------ classifiers
 

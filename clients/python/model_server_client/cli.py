@@ -26,7 +26,7 @@ from model_server_client.client import Client, StyleJob
 from model_server_client.errors import (APIError, AuthenticationError, InputError, JobError, ModelServerError,
                                         TransportError, WaitTimeout)
 from model_server_client.progress import ProgressBar
-from model_server_client.types import Prediction
+from model_server_client.datatypes import Prediction
 
 PROG = "model-server"
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_JOB, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -37,8 +37,8 @@ STYLE_OPTIONS = ("size", "steps", "style_weight", "content_weight", "tv_weight",
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Call the model server: classify digits, photos and text; run style transfer.",
-        epilog=f"exit codes: 0 done, 1 the server refused the request, 2 bad usage or input, 3 server unreachable, "
-               f"4 style job failed or cancelled, 5 wait timeout, 130 interrupted")
+        epilog="exit codes: 0 done, 1 the server refused the request, 2 bad usage or input, 3 server unreachable, "
+               "4 style job failed or cancelled, 5 wait timeout, 130 interrupted")
     parser.add_argument("--url", help=f"the server (default ${URL_ENV}, else {DEFAULT_URL})")
     parser.add_argument("--api-key", help=f"API key, sent as a Bearer token (default ${API_KEY_ENV})")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")

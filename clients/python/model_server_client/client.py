@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, overload
+from urllib.parse import quote
 
 import httpx
 
@@ -13,7 +14,7 @@ from model_server_client.errors import ServiceUnavailable, TransportError, WaitT
 from model_server_client.images import ImageInput
 from model_server_client.progress import ProgressArg, SSEParser
 from model_server_client.retry import RetryPolicy
-from model_server_client.types import JobInfo, ModelInfo, Prediction, Preset, RetryEvent, StyleEvent, WaitReport
+from model_server_client.datatypes import JobInfo, ModelInfo, Prediction, Preset, RetryEvent, StyleEvent, WaitReport
 
 
 class Client:
@@ -127,7 +128,7 @@ class Client:
         return _base.model_list(self._json(Call("GET", f"{_base.API}/models")))
 
     def model(self, name: str) -> ModelInfo:
-        return ModelInfo.from_json(self._json(Call("GET", f"{_base.API}/models/{name}")))
+        return ModelInfo.from_json(self._json(Call("GET", f"{_base.API}/models/{quote(name, safe='')}")))
 
     # ------------------------------------------------------------------ classifiers
 

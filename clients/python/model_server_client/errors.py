@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
-    from model_server_client.types import JobInfo
+    from model_server_client.datatypes import JobInfo
 
 
 class ModelServerError(Exception):

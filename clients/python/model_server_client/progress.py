@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, Callable, List, Optional, TextIO, Union
 
-from model_server_client.types import JobInfo, StyleEvent
+from model_server_client.datatypes import JobInfo, StyleEvent
 
 
 class SSEParser:
