@@ -502,13 +502,19 @@ def test_polling_when_the_stream_is_refused_by_the_network(server):
     assert proxy.refused >= 4 and "kept failing" in job.report.fallback_reason and job.report.polls >= 1
 
 
-def test_polling_when_the_job_has_no_stream_left(server, client):
-    """STREAMS_PER_JOB=2: two streams held open by someone else, the client's is refused with 429."""
-    job = submit(client, steps=60)
-    with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30) as other:
-        with other.stream("GET", f"/v1/style/jobs/{job.id}/events"), \
-                other.stream("GET", f"/v1/style/jobs/{job.id}/events"):
-            job.wait(timeout=JOB_TIMEOUT_S, poll_interval=0.2)
+def test_polling_when_the_job_has_no_stream_left(server):
+    """STREAMS_PER_JOB=2: two streams held open by someone else, the (async) client's is refused with 429."""
+
+    async def scenario():
+        async with AsyncClient(server.url, API_KEY) as client, \
+                httpx.AsyncClient(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=30) as other:
+            job = await client.style(PHOTO, preset="starry_night", size=64, steps=60)
+            async with other.stream("GET", f"/v1/style/jobs/{job.id}/events"), \
+                    other.stream("GET", f"/v1/style/jobs/{job.id}/events"):
+                await job.wait(timeout=JOB_TIMEOUT_S, poll_interval=0.2)
+            return job
+
+    job = asyncio.run(scenario())
     assert job.info.status == "succeeded" and job.report.stream_connections == 0 and job.report.polls >= 1
     assert "429" in job.report.fallback_reason and "STREAMS_PER_JOB" in job.report.fallback_reason
 
