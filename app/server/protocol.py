@@ -78,14 +78,34 @@ class _CycleTransport:
         self._protocol = protocol
         self._cycle = cycle
         self._transport = protocol.transport
+        self._head: bytes | None = None  # the status line and headers, held for the body's first write
 
     def write(self, data: bytes) -> None:
+        """uvicorn writes an answer's head and its body separately: two sends, two TCP segments, and on loopback
+        two wake-ups of the client. A head whose body is sure to follow (a Content-Length body, not HEAD, 204,
+        304 or a chunked stream, whose head must leave at once) is held and sent with the body's first bytes."""
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif self._body_follows():
+            self._head = data
+            return
         self._transport.write(data)
+
+    def _body_follows(self) -> bool:
+        cycle = self._cycle
+        return (cycle.response_started and not cycle.chunked_encoding and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD")
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
     def close(self) -> None:
+        self.flush()
         self._protocol._close_after(self._cycle)
 
     def __getattr__(self, name: str):
