@@ -12,7 +12,7 @@ from models.digits import DIGIT_CLASSES
 from models.objects import CIFAR10_CLASSES
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM
 from training.common import save_model
-from training.evaluate import ARCHITECTURES
+from models import ARCHITECTURES
 from training.export_onnx import export_all
 
 READY_TIMEOUT_S = 30

@@ -11,15 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.digits import DigitsCNN, DigitsMLP
-from models.objects import ObjectsResNet
+from models import ARCHITECTURES
 from models.sentiment import SentimentLSTM, pad_batch, tokenize
 from training import digits, objects
 from training.common import HELDOUT_DIR, WEIGHTS_DIR, pick_device, update_manifest
 from training.data import load_heldout
 
-ARCHITECTURES = {"DigitsMLP": DigitsMLP, "DigitsCNN": DigitsCNN, "ObjectsResNet": ObjectsResNet,
-                 "SentimentLSTM": SentimentLSTM}
 BACKENDS = ("torch", "onnxruntime")
 
 

@@ -3,13 +3,14 @@ import torch
 
 from app.core.errors import BadInput
 from app.serving.handlers.base import ModelHandler
-from models.sentiment import SentimentLSTM, pad_batch, tokenize
+from models import select_architectures
+from models.sentiment import pad_batch, tokenize
 
 
 class SentimentHandler(ModelHandler):
     task = "sentiment"
     input_kind = "text"
-    architectures = {"SentimentLSTM": SentimentLSTM}
+    architectures = select_architectures("SentimentLSTM")
     # Padded ids + lengths: exported with both axes variable; ONNX's LSTM takes the lengths as sequence_lens,
     # which is what packing does in PyTorch (the backward direction starts at each sentence's last word).
     onnx_dynamic_axes = {"ids": {0: "batch", 1: "sequence"}, "lengths": {0: "batch"}}
