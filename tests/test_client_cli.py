@@ -157,16 +157,18 @@ def test_a_cancelled_job_exits_4(server):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_running(job)
-            time.sleep(0.5)  # the waiter is following the job's events by now
+            time.sleep(0.5)  # the waiter is following the job's events by now (if not, it finds it cancelled)
             cancelled = cli("job", "cancel", job.id, url=server.url)
-            assert cancelled.returncode == 0 and " cancelled " in out(cancelled), err(cancelled)
-            _, stderr = waiter.communicate(timeout=CLI_TIMEOUT_S)
+            stdout, stderr = waiter.communicate(timeout=CLI_TIMEOUT_S)
         finally:
             if waiter.poll() is None:
                 waiter.kill()
-    assert waiter.returncode == 4, stderr
-    assert stderr.decode().splitlines()[-1] == f"model-server: error: style job {job.id} was cancelled"
-    assert "Traceback" not in stderr.decode()
+    report = f"cancel: {cancelled.returncode} {out(cancelled)!r} {err(cancelled)!r}; waiter: {waiter.returncode} " \
+             f"{stdout.decode()!r} {stderr.decode()!r}"
+    assert cancelled.returncode == 0 and f"{job.id} cancelled " in out(cancelled), report
+    assert waiter.returncode == 4, report
+    assert stderr.decode().splitlines()[-1] == f"model-server: error: style job {job.id} was cancelled", report
+    assert "Traceback" not in stderr.decode(), report
 
 
 def test_errors_are_one_line_with_exit_codes(server, images, tmp_path):
