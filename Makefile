@@ -9,10 +9,10 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,bench]' -e ./clients/python
 	touch $@
 
 # The launcher (app/server/launch.py): uvicorn with the bounded protocol and timeouts, from the settings.
