@@ -50,12 +50,13 @@ def _registry_or_none(request: Request) -> ModelRegistry | None:
     return getattr(request.app.state, "registry", None)
 
 
-@router.get("/health/live", summary="Server live", responses={200: {"description": "live (empty body)"}})
+@router.get("/health/live", summary="Server live", response_class=Response,
+            responses={200: {"description": "live (empty body)"}})
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="Server ready: every model loaded",
+@router.get("/health/ready", summary="Server ready: every model loaded", response_class=Response,
             responses={200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}})
 async def ready(request: Request) -> Response:
     return Response(status_code=200 if _ready(_registry_or_none(request)) else 400)
@@ -87,7 +88,9 @@ def _model_routes(path: str, resolve_model, which: str) -> None:
     """Readiness, metadata and inference of one model, at `path` (with or without a version)."""
     model = Annotated[ModelHandler, Depends(resolve_model)]
 
-    @router.get(path + "/ready", summary=f"Model ready{which}", responses=ERROR_RESPONSES)
+    @router.get(path + "/ready", summary=f"Model ready{which}", response_class=Response,
+                responses={**ERROR_RESPONSES, 200: {"description": "ready (empty body)"},
+                           400: {"description": "not ready (empty body)"}})
     async def model_ready(handler: model, registry: RegistryDep) -> Response:
         return Response(status_code=200 if _ready(registry) else 400)
 
