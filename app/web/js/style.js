@@ -14,6 +14,7 @@ const RESTARTING = "The server is restarting; the job continues when it is back�
 const POLLING_INSTEAD = "This page follows the job by asking the server every few seconds instead.";
 const LONG_JOB_S = 60; // a job estimated over this is announced before it is submitted
 const NUMBER_FIELDS = ["size", "steps", "style_weight"]; // form inputs whose default and bounds the API gives
+const INSTANT_DEBOUNCE_MS = 400; // a size being typed is asked for once it settles
 
 function loadHistory() {
   try {
@@ -44,6 +45,9 @@ export function initStyle() {
   const preview = $("style-preview");
   const download = $("style-download");
   const historyList = $("style-history");
+  const instantBox = $("style-instant");
+  const instantImg = $("style-instant-img");
+  const instantNote = $("style-instant-note");
   let current = null; // the followed job: {id, source, timer, ...}; see follow()
   let previewBusy = false;
   let previewPending = null;
@@ -214,6 +218,7 @@ export function initStyle() {
       label.append(radio, img, p.title);
       return label;
     }));
+    if (content.files[0]) instantPreview(); // a photo chosen before the paintings were listed
   }).catch((err) => showError("style-error", err));
 
   // ---- a followed job: its event stream, re-opened when it dies, polling when it cannot be had
@@ -223,7 +228,7 @@ export function initStyle() {
     previewBusy = true;
     const next = new Image();
     next.onload = next.onerror = () => {
-      if (next.complete && next.naturalWidth) { preview.src = next.src; preview.hidden = false; }
+      if (next.complete && next.naturalWidth) { preview.src = next.src; preview.hidden = false; instantReplaced(); }
       previewBusy = false;
       if (previewPending) { const u = previewPending; previewPending = null; showPreview(u); }
     };
@@ -307,6 +312,7 @@ export function initStyle() {
       preview.src = job.result_url;
       preview.alt = "The stylised image";
       preview.hidden = false;
+      instantReplaced();
       download.href = job.result_url;
       download.download = `style-${job.id}.png`;
       download.hidden = false;
@@ -493,6 +499,85 @@ export function initStyle() {
       }
     }, 5000);
   }
+
+  // ---- the instant result (POST /v1/style/instant): shown as soon as a photo and a painting are chosen, until
+  // a job's own preview replaces it. A newer choice aborts the older request; a busy server (429) is asked again
+  // after its Retry-After; any failure is a note under the preview, never the form's error.
+  let instantSeq = 0;
+  let instantAbort = null;
+  let instantRetry = null;
+  function instantReplaced() {
+    if (instantBox.hidden) return;
+    instantSeq++; // an instant answer still on its way must not come back over the job's image
+    instantAbort?.abort();
+    clearTimeout(instantRetry);
+    instantBox.hidden = true;
+    instantBox.dataset.state = "replaced";
+  }
+  async function instantPreview() {
+    const mine = ++instantSeq;
+    instantAbort?.abort();
+    clearTimeout(instantRetry);
+    const file = content.files[0];
+    const painting = upload.files[0];
+    const preset = painting ? null : presets.querySelector("input:checked");
+    if (!file || (!painting && !preset)) return;
+    const bad = invalidField();
+    if (bad && bad.input?.name === "size") return; // the form says what is wrong when it is submitted
+    const data = new FormData();
+    data.append("content", file, file.name);
+    if (painting) data.append("style", painting, painting.name); else data.append("style_preset", preset.value);
+    const size = numberFields().size;
+    if (size) data.append("size", size);
+    data.append("preserve_color", $("style-preserve").checked ? "true" : "false");
+    const abort = new AbortController();
+    instantAbort = abort;
+    instantBox.hidden = false;
+    instantBox.dataset.state = "loading";
+    instantNote.textContent = "Instant preview…";
+    try {
+      let response;
+      try {
+        response = await fetch("/v1/style/instant", { method: "POST", body: data, signal: abort.signal });
+      } catch (err) {
+        if (err.name === "AbortError") throw err;
+        throw new ApiError(0, `network error: ${err.message}`);
+      }
+      if (!response.ok) {
+        let body = null;
+        try { body = await response.json(); } catch { /* not JSON */ }
+        throw new ApiError(response.status, typeof body?.detail === "string" ? body.detail : `HTTP ${response.status}`,
+          { body, headers: response.headers });
+      }
+      const blob = await response.blob();
+      if (mine !== instantSeq) return;
+      if (instantImg.src.startsWith("blob:")) URL.revokeObjectURL(instantImg.src);
+      instantImg.src = URL.createObjectURL(blob);
+      instantImg.hidden = false;
+      instantBox.dataset.state = "ready";
+      const took = Number(response.headers.get("X-Style-Seconds"));
+      instantNote.textContent = `Instant preview${Number.isFinite(took) ? ` (${took.toFixed(1)} s)` : ""}. `
+        + "Stylise refines it; the job's own preview takes its place.";
+    } catch (err) {
+      if (err.name === "AbortError" || mine !== instantSeq) return;
+      if (err.status === 429) {
+        const wait = Math.min(10, Math.max(1, Number(err.retryAfter) || 1));
+        instantBox.dataset.state = "loading";
+        instantNote.textContent = "The server is busy with other previews; asking again in a moment…";
+        instantRetry = setTimeout(() => { if (mine === instantSeq) instantPreview(); }, wait * 1000);
+        return;
+      }
+      instantBox.dataset.state = "failed";
+      instantImg.hidden = true;
+      instantNote.textContent = `No instant preview: ${explain(err, { what: /^style/.test(err.detail ?? "") ? "painting" : "picture" })}`;
+    }
+  }
+  const instantSoon = debounce(instantPreview, INSTANT_DEBOUNCE_MS);
+  content.addEventListener("change", () => instantPreview());
+  upload.addEventListener("change", () => instantPreview());
+  presets.addEventListener("change", () => instantPreview());
+  $("style-preserve").addEventListener("change", () => instantPreview());
+  form.elements.namedItem("size")?.addEventListener("input", () => instantSoon());
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
