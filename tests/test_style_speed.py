@@ -73,10 +73,10 @@ def test_bfloat16_gradient_follows_the_float32_one(engines):
         with torch.no_grad():
             _, parts = objective(prep(content))
         assert float(parts["content"]) == pytest.approx(0.0, abs=1e-6)
-        assert float(parts["style"]) == pytest.approx(1.0, rel=2e-2)
-    assert values["bfloat16"] == pytest.approx(values["float32"], rel=2e-2)
+        assert float(parts["style"]) == pytest.approx(1.0, rel=1e-3)
+    assert values["bfloat16"] == pytest.approx(values["float32"], rel=5e-3)
     cosine = F.cosine_similarity(grads["bfloat16"], grads["float32"], dim=0)
-    assert cosine > 0.99, float(cosine)
+    assert cosine > 0.995, float(cosine)
 
 
 def test_a_job_still_makes_exactly_its_steps_at_every_scale(engines):
