@@ -4,6 +4,7 @@ binary tensor data and classification extensions, answers equal to /v1's, and ev
 import base64
 import io
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -401,3 +402,12 @@ def test_any_json_data_parses_or_is_refused_with_bad_input(data, datatype, shape
         return
     if datatype != "BYTES":
         assert list(tensor.values.shape) == shape
+
+
+def test_every_openapi_reference_resolves(client):
+    """A $ref to a schema that is not under components makes ReDoc refuse the whole page."""
+    document = client.get("/openapi.json").json()
+    text = json.dumps(document)
+    assert "$defs" not in text
+    missing = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text)) - set(document["components"]["schemas"])
+    assert not missing, missing

@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from app.api.deps import DecodeLimiterDep, RegistryDep, SettingsDep
 from app.api.inference import media_type
 from app.api.v2 import dataplane
-from app.api.v2.schemas import ERROR_RESPONSES, InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata
+from app.api.v2.schemas import (ERROR_RESPONSES, InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata,
+                                inline_schema)
 from app.core.config import V2_PREFIX, Settings
 from app.core.errors import UnsupportedMediaType
 from app.core.observability import TimedRoute
@@ -33,7 +34,7 @@ ModelName = Annotated[str, Path(description="a model name (GET /v1/models) or a 
 INFER_REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": inline_schema(InferenceRequest)},
         "application/octet-stream": {"schema": {
             "type": "string", "format": "binary",
             "description": "the JSON request, then the binary tensor data of the inputs whose parameters give "

@@ -74,6 +74,24 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
+def inline_schema(model: type[BaseModel]) -> dict:
+    """`model`'s JSON schema with its nested models written in place: a request body given through openapi_extra
+    is not registered under components, so a $ref would point at nothing (ReDoc then refuses the whole page)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
 class ErrorResponse(BaseModel):
     error: str
 
