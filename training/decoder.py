@@ -65,15 +65,19 @@ SOURCE_NOTES = {
                            "largest file of each plasma wallpaper",
                    "licence": "plasma-workspace-wallpapers: GPL-2+ for the package (debian/copyright); each "
                               "wallpaper's metadata says LGPL-3 or CC-BY-SA-4.0 (recorded per file below); "
-                              "gnome-backgrounds: package GPL-2+, images CC BY-SA 3.0 (Jakub Steiner, AUTHORS), "
-                              "oceans.svg CC BY 4.0 (not used: SVG)"},
+                              "gnome-backgrounds: package GPL-2+, the images its AUTHORS lists (adwaita, grid, "
+                              "pixels, symbolics, wood, ...) CC BY-SA 3.0 (Jakub Steiner), licorice and truchet "
+                              "not listed there (the package's GPL-2+), oceans.svg CC BY 4.0 (not used: SVG)"},
 }
 WEIGHTS_LICENCE_NOTE = (
     "All sources allow redistribution and derivative works. Whether trained weights are a derivative work of their "
-    "training images is legally unsettled; if they are, the share-alike terms of the wallpapers (CC BY-SA 3.0/4.0, "
-    "LGPL-3, GPL-2+) apply to these weights: redistribute them with this attribution list and under compatible "
-    "terms (GPL-3.0-or-later satisfies all of them: CC BY-SA 4.0 adaptations may be licensed under GPL-3, LGPL-3 "
-    "and GPL-2+ allow GPL-3). Weights free of those terms: train with --sources photos,paintings,cifar.")
+    "training images is legally unsettled; if they are, the wallpapers' share-alike terms (CC BY-SA 3.0 and 4.0, "
+    "LGPL-3, GPL-2+) reach these weights: redistribute them with this attribution list, under share-alike terms "
+    "(CC BY-SA 3.0 lets an adaptation use CC BY-SA 4.0, which is one-way compatible with GPL-3; LGPL-3 and GPL-2+ "
+    "allow GPL-3, so GPL-3.0-or-later is the one licence that plausibly covers the mix; not legal advice). Weights "
+    "free of those terms: train with --sources photos,paintings,cifar.")
+GNOME_AUTHORS = ("adwaita", "blobs", "brush-strokes", "drool", "field", "frosty", "grid", "pixels", "symbolic",
+                 "wood")  # the images gnome-backgrounds' AUTHORS credits to Jakub Steiner, CC BY-SA 3.0
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -150,11 +154,13 @@ def _plasma_licence(folder: Path) -> str:
 def gnome_backgrounds() -> list[tuple[Path, str]]:
     if not GNOME_DIR.is_dir():
         return []
-    return [(p, "CC BY-SA 3.0 (Jakub Steiner)") for p in sorted(GNOME_DIR.iterdir())
+    return [(p, "CC BY-SA 3.0 (Jakub Steiner)" if p.name.lower().startswith(GNOME_AUTHORS)
+             else "GPL-2+ (the package's; not listed in its AUTHORS)")
+            for p in sorted(GNOME_DIR.iterdir())
             if p.suffix.lower() in RASTER and p.stat().st_size > 10_000]  # vnc-*: a plain colour
 
 
-def load_training_set(sources: list[str], data_dir: Path, limit: int = 0) -> TrainingSet:
+def load_training_set(sources: list[str], data_dir: Path, limit: int = 0, quiet: bool = False) -> TrainingSet:
     """The training images of each source; SystemExit with what to do when a source asked for is missing."""
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
@@ -183,7 +189,7 @@ def load_training_set(sources: list[str], data_dir: Path, limit: int = 0) -> Tra
                      "of --sources")
         if limit:
             files = files[:limit]
-        for path, licence in progress(files, "loading wallpapers", False):
+        for path, licence in progress(files, "loading wallpapers", quiet):
             data.images.append(TrainingImage(str(path), "wallpapers", _load(path), licence))
     if "cifar" in sources:
         npz = data_dir / "cifar-10-subset" / "cifar10_subset.npz"
@@ -393,7 +399,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    data = load_training_set(args.sources, args.data_dir, args.limit)
+    data = load_training_set(args.sources, args.data_dir, args.limit, args.no_progress)
     vgg = VGG19Features.from_file(args.vgg).eval().requires_grad_(False).to(device)
     decoder = StyleDecoder(width=args.width).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=args.lr)
