@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "(0: no job)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="the styler's arithmetic (auto: bfloat16 on a CPU that has it, as the server)")
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--save-images", type=Path, default=None, help="write every result PNG into this folder")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     vgg_path = args.weights_dir / "vgg19_features_0-16.pth"
-    styler = InstantStyler.load([args.weights_dir], [vgg_path], args.device)
+    styler = InstantStyler.load([args.weights_dir], [vgg_path], args.device, args.precision)
     engine = StyleEngine(vgg_path, args.device)
     yardstick = Yardstick(engine.vgg, args.device)
     if args.save_images:
@@ -92,11 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
     photos = {name: (ROOT / "data" / "style" / name).read_bytes() for name in args.photos}
     paintings = {name: presets.preset_path(name).read_bytes() for name in args.paintings}
     entry = styler.entry
-    print(f"device {args.device}, {torch.get_num_threads()} threads; decoder width {entry.get('config', {})}, "
+    print(f"device {args.device}, {torch.get_num_threads()} threads, instant in {styler.precision}; decoder width {entry.get('config', {})}, "
           f"{entry.get('parameters', '?')} parameters, sha256 {str(entry.get('sha256'))[:12]}..", flush=True)
     # first-call costs (allocations, the JIT of the first conv sizes) paid before anything is timed
     instant_once(styler, photos[args.photos[0]], min(args.sizes), args.paintings[0])
-    result: dict = {"device": args.device, "threads": torch.get_num_threads(), "decoder_sha256": entry.get("sha256"),
+    result: dict = {"device": args.device, "threads": torch.get_num_threads(), "precision": styler.precision,
+                    "decoder_sha256": entry.get("sha256"),
                     "rounds": args.rounds, "sizes": {}}
     for size in args.sizes:
         row: dict = {"psnr": {}, "pairs": []}

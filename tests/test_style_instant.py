@@ -161,6 +161,16 @@ def test_preserve_color_keeps_the_photo_s_colours(client):
     assert chroma_error(kept) < 0.015 < chroma_error(free)
 
 
+def test_bfloat16_gives_the_float32_image():
+    from app.style.instant import InstantStyler
+    weights, vgg = [WEIGHTS], [WEIGHTS / "vgg19_features_0-16.pth"]
+    exact = InstantStyler.load(weights, vgg, precision="float32")
+    fast = InstantStyler.load(weights, vgg, precision="bfloat16")
+    photo = Image.open(io.BytesIO(COFFEE)).convert("RGB")
+    images = [s.stylise(photo, [s.preset_stats("starry_night", SIZE)], [1.0], SIZE) for s in (exact, fast)]
+    assert psnr(*images) > 40
+
+
 def test_job_only_options_are_checked_and_named_as_ignored(client):
     response = instant(client, style_preset="udnie", steps="30", seed="4")
     ok_png(response)

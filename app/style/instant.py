@@ -15,6 +15,9 @@ A blend of paintings colours with the weighted sum of their C_s and m_s (the pap
 stylised features, done once on the matrices). `alpha` blends the stylised features with the photo's own
 (alpha 0: the decoder's reconstruction of the photo). Statistics are computed in float64 on features scaled by
 models.decoder.FEATURE_SCALE; eigenvalues under EIGEN_FLOOR are dropped (the paper's 1e-5).
+Precision: on a CPU with native bfloat16 (AVX512-BF16/AMX, as oneDNN reports) the convolutions run under bfloat16
+autocast in channels-last layout, 2.5x faster than float32 on this machine's encoder for the same held-out PSNR to
+0.01 dB; the statistics and the transform stay float64/float32 (`precision="float32"` turns it off).
 No web framework here (the route is app/style/api/instant.py).
 """
 from __future__ import annotations
@@ -97,10 +100,18 @@ def wct(content: torch.Tensor, styles: Sequence[StyleStats], weights: Sequence[f
 class InstantStyler:
     """The VGG encoder up to relu3_1 and the decoder, loaded once; thread-safe (inference only, a locked cache)."""
 
-    def __init__(self, vgg: VGG19Features, decoder: StyleDecoder, device: torch.device, entry: dict | None = None):
+    def __init__(self, vgg: VGG19Features, decoder: StyleDecoder, device: torch.device, entry: dict | None = None,
+                 precision: str = "auto"):
         self.device = torch.device(device)
-        self.vgg = vgg.eval().requires_grad_(False).to(self.device)
-        self.decoder = decoder.eval().requires_grad_(False).to(self.device)
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}")
+        if precision == "auto":
+            precision = "bfloat16" if self.device.type == "cpu" and _cpu_has_bf16() else "float32"
+        self.precision = precision
+        self.bf16 = precision == "bfloat16"
+        self.memory_format = torch.channels_last if self.bf16 else torch.contiguous_format
+        self.vgg = vgg.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
+        self.decoder = decoder.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
         self.entry = entry or {}
         self._cache: OrderedDict[tuple, StyleStats] = OrderedDict()
         self._lock = threading.Lock()
@@ -108,8 +119,8 @@ class InstantStyler:
     # ----------------------------------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, weights_dirs: Sequence[Path], vgg_paths: Sequence[Path], device: str | torch.device = "cpu"
-             ) -> "InstantStyler":
+    def load(cls, weights_dirs: Sequence[Path], vgg_paths: Sequence[Path], device: str | torch.device = "cpu",
+             precision: str = "auto") -> "InstantStyler":
         """The decoder listed as "style-decoder" under "assets" in the first of weights_dirs' manifests that has
         one (sha256 checked), with the first of vgg_paths whose sha256 is the one it was trained on."""
         entry, folder = _find_entry(weights_dirs)
@@ -129,20 +140,31 @@ class InstantStyler:
                                      f"{', '.join(str(p) for p in vgg_paths)} is it")
         vgg = VGG19Features.from_file(vgg_path)
         decoder = StyleDecoder.from_file(path, **entry.get("config", {}))
-        return cls(vgg, decoder, torch.device(device), entry)
+        return cls(vgg, decoder, torch.device(device), entry, precision)
 
     # ----------------------------------------------------------------------------------------- statistics
 
     def _prepare(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
         padded, _ = pad_to_multiple(pil_to_tensor(image, size).to(self.device))
-        return padded
+        return padded.contiguous(memory_format=self.memory_format)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _encode(self, padded: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return encode(self.vgg, padded.contiguous(memory_format=self.memory_format)).float()
+
+    def _decode(self, features: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.decoder(features.contiguous(memory_format=self.memory_format)).float()
 
     @torch.inference_mode()
     def image_stats(self, image: Image.Image, size: tuple[int, int]) -> StyleStats:
         """A painting's statistics, the painting resized to size=(w, h) (reflection-padded to a multiple of 4)."""
         padded = self._prepare(image, size)
         h, w = size[1], size[0]
-        features = encode(self.vgg, padded)[..., : max(1, h // 4), : max(1, w // 4)]
+        features = self._encode(padded)[..., : max(1, h // 4), : max(1, w // 4)]
         return style_stats(features)
 
     def preset_stats(self, name: str, longest: int, style_scale: float = 1.0) -> StyleStats:
@@ -185,13 +207,20 @@ class InstantStyler:
         w, h = fit_size(*content.size, size)
         photo = pil_to_tensor(content, (w, h)).to(self.device)
         padded, _ = pad_to_multiple(photo)
-        features = encode(self.vgg, padded)
+        features = self._encode(padded)
         if styles and alpha > 0:
             features = wct(features, styles, weights, alpha)
-        out = self.decoder(features)[..., :h, :w].float().clamp(0, 1)
+        out = self._decode(features)[..., :h, :w].clamp(0, 1).contiguous()
         if preserve_color:
             out = preserve_colors(out, photo)
         return tensor_to_pil(out)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _find_entry(weights_dirs: Sequence[Path]) -> tuple[dict, Path]:

@@ -3,7 +3,8 @@
 Same form as POST /v1/style/jobs (read and checked by app/style/api/form.py, so the same 4xx answers), plus `alpha`
 (0..1, how much of the painting's statistics) and `preserve_color`. The work runs in a worker thread, at most
 INSTANT_STYLE_CONCURRENCY at once with at most INSTANT_STYLE_QUEUE more waiting; beyond, 429 with Retry-After.
-The styler is loaded on the first request (the VGG encoder and the decoder, verified against the manifest).
+The styler is loaded on the first request (the VGG encoder and the decoder, verified against the manifest);
+INSTANT_STYLE_PRECISION (auto, float32, bfloat16) chooses its arithmetic (auto: bfloat16 on a CPU that has it).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class InstantState:
                         [s.weights_dir, s.style_vgg_weights.parent],
                         [s.style_vgg_weights, s.weights_dir / "vgg19_features_0-16.pth",
                          s.style_vgg_weights.parent / "vgg19_features_0-16.pth"],
-                        resolve_device(s.device))
+                        resolve_device(s.device), os.environ.get("INSTANT_STYLE_PRECISION", "auto"))
                 except InstantUnavailable as exc:
                     self._failure = str(exc)
                 except Exception as exc:  # a corrupt file: torch raises several types
