@@ -36,6 +36,7 @@ def test_instant_preview_then_the_job_s_preview_replaces_it(page):
     page.set_input_files("#style-upload", str(PAINTING))
     second = page.locator("#style-instant-img").get_attribute("src")
     page.wait_for_function(f"document.querySelector('#style-instant-img').src !== {second!r} && {READY}")
+    page.locator("#style-instant").scroll_into_view_if_needed()
     shot(page, "style-instant")
     assert page.locator("#style-error").inner_text() == ""
 
