@@ -137,7 +137,8 @@ def create_app(settings: Settings | None = None, *, wait_until_ready: bool = Fal
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
-                           expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After"])
+                           expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After", "X-Style-Seconds",
+                                           "X-Style-Ignored"])
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     worker_nice: int = Field(0, ge=0, le=19, description="the style workers' scheduling niceness (Unix nice); "
                              "above 0 predicts come first on a shared CPU, at a cost to the job (README, "
                              "bench.contention)")
+    instant_style_concurrency: int = Field(1, ge=1, description="POST /v1/style/instant requests computed at once")
+    instant_style_queue: int = Field(2, ge=0, description="instant-style requests waiting for a turn; one more is "
+                                     "answered 429 with Retry-After")
+    instant_style_precision: str = Field("auto", pattern=r"^(auto|float32|bfloat16)$",
+                                         description="instant style's arithmetic: auto (bfloat16 on a CPU that "
+                                                     "has it natively, else float32), float32 or bfloat16")
     max_queued_jobs: int = Field(16, ge=1, description="most style jobs waiting; more are refused with 429")
     max_queued_jobs_per_owner: int = Field(4, ge=0, description="with API_KEYS: most style jobs one key may have "
                                            "waiting (429 beyond); 0: no per-key cap")

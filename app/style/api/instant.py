@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import threading
 import time
 from typing import Any
@@ -44,20 +43,13 @@ IGNORED_FIELDS = ("steps", "style_weight", "content_weight", "tv_weight", "init"
 ACCEPTED = "multipart/form-data with a 'content' image file and 'style' files and/or 'style_preset' names"
 
 
-def _env_int(name: str, default: int, least: int) -> int:
-    try:
-        return max(least, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 class InstantState:
     """Per app: the styler (loaded once, on first use) and the limiter that bounds concurrent requests."""
 
     def __init__(self, settings: Settings, concurrency: int | None = None, queue: int | None = None):
         self.settings = settings
-        self.concurrency = concurrency or _env_int("INSTANT_STYLE_CONCURRENCY", 1, 1)
-        self.queue = queue if queue is not None else _env_int("INSTANT_STYLE_QUEUE", 2, 0)
+        self.concurrency = concurrency or settings.instant_style_concurrency
+        self.queue = queue if queue is not None else settings.instant_style_queue
         self.limiter = anyio.CapacityLimiter(self.concurrency)
         self.admitted = 0  # running + waiting; checked and changed on the event loop only
         self.recent_s: list[float] = []  # the last run times, for Retry-After
@@ -75,7 +67,7 @@ class InstantState:
                         [s.weights_dir, s.style_vgg_weights.parent],
                         [s.style_vgg_weights, s.weights_dir / "vgg19_features_0-16.pth",
                          s.style_vgg_weights.parent / "vgg19_features_0-16.pth"],
-                        resolve_device(s.device), os.environ.get("INSTANT_STYLE_PRECISION", "auto"))
+                        resolve_device(s.device), s.instant_style_precision)
                 except InstantUnavailable as exc:
                     self._failure = str(exc)
                 except Exception as exc:  # a corrupt file: torch raises several types
