@@ -10,7 +10,9 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.core.config import V2_PREFIX
+from app.api.input_errors import as_api_error
 from app.core.errors import APIError, error_body
+from app.preprocessing.errors import InputError
 from app.core.observability import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -19,6 +21,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client hung up before it 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(InputError, input_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -27,6 +30,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(error_body(request.url.path, exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
+async def input_error(request: Request, exc: InputError) -> JSONResponse:
+    return await api_error(request, as_api_error(exc))
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from app.core.config import Settings
 from app.core.errors import APIError, UnsupportedMediaType
+from app.api.input_errors import as_api_error
 from app.api.schemas import OneOrMany
+from app.preprocessing.errors import InputError
 from app.serving.registry import ServedModel
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
@@ -26,11 +28,9 @@ class Inputs:
     field: str
     is_batch: bool
 
-    def named(self, index: int, error: APIError) -> APIError:
+    def named(self, index: int, error: APIError | InputError) -> APIError:
         """In a batch, the error names the input at fault: "images[3]: ..."."""
-        if not self.is_batch:
-            return error
-        return APIError(f"{self.field}[{index}]: {error.detail}", error.status_code, error.headers)
+        return as_api_error(error, f"{self.field}[{index}]" if self.is_batch else None)
 
 
 def media_type(request: Request) -> str:
@@ -81,7 +81,7 @@ async def decode_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any]
     if len(inputs.items) == 1:
         try:
             return [await _decode_one(served, decode, limiter, inputs.items[0])]
-        except APIError as exc:
+        except (APIError, InputError) as exc:
             raise inputs.named(0, exc) from None
     return await _gather_named(inputs, [_decode_one(served, decode, limiter, raw) for raw in inputs.items])
 
@@ -104,7 +104,7 @@ async def _gather_named(inputs: Inputs, awaitables: list) -> list:
     """Await all; the first failing input (by index) fails the request, its error naming the input."""
     outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
     for index, outcome in enumerate(outcomes):
-        if isinstance(outcome, APIError):
+        if isinstance(outcome, (APIError, InputError)):
             raise inputs.named(index, outcome)
         if isinstance(outcome, BaseException):
             raise outcome

@@ -1,6 +1,6 @@
 """Image decoding with limits, and the pixel conversions every image model shares.
 
-Pure functions (no web framework): every client problem is raised as an APIError subclass.
+Pure functions (no web framework): every client problem is raised as an InputError (app/preprocessing/errors.py).
 
     decode_base64_image(value)      base64 / data: URL -> bytes
     open_image(data, max_pixels)    bytes -> one fully loaded PIL image (first frame), safely
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from app.preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
 
 # Truncated files must fail loudly (this is PIL's default; never let anything turn it on here).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -49,31 +49,31 @@ def decode_base64_image(value: str) -> bytes:
         text = _data_url_payload(text)
     data = _b64decode(text)
     if not data:
-        raise BadInput("image is not valid base64: it is empty")
+        raise UndecodableInput("image is not valid base64: it is empty")
     return data
 
 
 def _data_url_payload(url: str) -> str:
     match = _DATA_URL.match(url)
     if match is None:
-        raise BadInput("image is not valid base64: malformed data URL (no ',' before the data)")
+        raise UndecodableInput("image is not valid base64: malformed data URL (no ',' before the data)")
     params = [p.strip().lower() for p in match["meta"].split(";")]
     media_type = params[0] or "text/plain"  # RFC 2397 default
     if not media_type.startswith("image/"):
-        raise UnsupportedMediaType(f"data URL media type {media_type!r} is not an image")
+        raise UnsupportedInput(f"data URL media type {media_type!r} is not an image")
     if "base64" not in params[1:]:
-        raise BadInput("image is not valid base64: the data URL is not base64-encoded (';base64' missing)")
+        raise UndecodableInput("image is not valid base64: the data URL is not base64-encoded (';base64' missing)")
     return match["data"]
 
 
 def _b64decode(text: str) -> bytes:
     compact = _BASE64_JUNK.sub("", text).replace("-", "+").replace("_", "/").rstrip("=")
     if len(compact) % 4 == 1:
-        raise BadInput("image is not valid base64: wrong length")
+        raise UndecodableInput("image is not valid base64: wrong length")
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadInput(f"image is not valid base64: {exc}") from None
+        raise UndecodableInput(f"image is not valid base64: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -106,7 +106,7 @@ def open_image(data: bytes, max_pixels: int, at_least: int | None = None) -> Ima
     at_least: the caller only needs this many pixels on each side, so a JPEG is decoded at 1/2, 1/4 or 1/8 scale
     when it is that much larger (libjpeg scales in the DCT: a phone photo costs a sixteenth of the memory)."""
     if not data:
-        raise UnsupportedMediaType(f"not an image: the body is empty (accepted formats: {_ACCEPTED_TEXT})")
+        raise UnsupportedInput(f"not an image: the body is empty (accepted formats: {_ACCEPTED_TEXT})")
     img = _open_lazily(data, max_pixels)
     _check_format(img)
     _check_size(img.size, max_pixels)
@@ -154,30 +154,30 @@ def _open_lazily(data: bytes, max_pixels: int) -> Image.Image:
             raise _decode_error(exc, data) from None
         other = _sniff_other(data)
         what = f"{other} files are not supported" if other else "the data is not in a recognised image format"
-        raise UnsupportedMediaType(f"not an image: {what} (accepted formats: {_ACCEPTED_TEXT})") from None
+        raise UnsupportedInput(f"not an image: {what} (accepted formats: {_ACCEPTED_TEXT})") from None
 
 
-def _bomb_error(exc: Exception, max_pixels: int) -> PayloadTooLarge:
+def _bomb_error(exc: Exception, max_pixels: int) -> OversizedInput:
     match = re.search(r"\((\d+) pixels\)", str(exc))
     limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-    return PayloadTooLarge(f"image is too large: {match[1] if match else 'too many'} pixels, "
+    return OversizedInput(f"image is too large: {match[1] if match else 'too many'} pixels, "
                            f"over the limit of {limit} pixels")
 
 
 def _check_format(img: Image.Image) -> None:
     fmt = _FORMAT_ALIASES.get(img.format, img.format)
     if fmt not in ACCEPTED_FORMATS:
-        raise UnsupportedMediaType(f"unsupported image format {img.format} (accepted formats: {_ACCEPTED_TEXT})")
+        raise UnsupportedInput(f"unsupported image format {img.format} (accepted formats: {_ACCEPTED_TEXT})")
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:
-        raise BadInput(f"image could not be decoded: it has no pixels ({width}x{height})")
+        raise UndecodableInput(f"image could not be decoded: it has no pixels ({width}x{height})")
     if max(width, height) > MAX_IMAGE_SIDE:
-        raise PayloadTooLarge(f"image is {width}x{height} pixels: a side over {MAX_IMAGE_SIDE} pixels is not accepted")
+        raise OversizedInput(f"image is {width}x{height} pixels: a side over {MAX_IMAGE_SIDE} pixels is not accepted")
     if width * height > max_pixels:
-        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels, "
+        raise OversizedInput(f"image is {width}x{height} = {width * height} pixels, "
                               f"over the limit of {max_pixels} pixels")
 
 
@@ -193,11 +193,11 @@ def _load(img: Image.Image, data: bytes, max_pixels: int) -> None:
         raise _decode_error(exc, data) from None
 
 
-def _decode_error(exc: Exception, data: bytes) -> BadInput:
+def _decode_error(exc: Exception, data: bytes) -> UndecodableInput:
     fmt = _sniff_accepted(data) or "image"
     if _is_truncation(exc, data):
-        return BadInput(f"image is truncated: the {fmt} data ends early")
-    return BadInput(f"image could not be decoded: {str(exc) or type(exc).__name__}")
+        return UndecodableInput(f"image is truncated: the {fmt} data ends early")
+    return UndecodableInput(f"image could not be decoded: {str(exc) or type(exc).__name__}")
 
 
 def _is_truncation(exc: Exception, data: bytes) -> bool:
@@ -285,7 +285,7 @@ def _convert(img: Image.Image, mode: str) -> Image.Image:
     try:
         return img.convert(mode)
     except ValueError:  # exotic modes (LAB, ...) PIL cannot convert directly
-        raise BadInput(f"image could not be decoded: pixel mode {img.mode} is not supported") from None
+        raise UndecodableInput(f"image could not be decoded: pixel mode {img.mode} is not supported") from None
 
 
 def _scaled_wide(arr: np.ndarray) -> np.ndarray:

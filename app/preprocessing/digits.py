@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.core.errors import BadInput
+from app.preprocessing.errors import UndecodableInput
 from app.preprocessing.decoding import SIXTEEN_BIT_MODES, has_alpha, luminance
 from models.digits import MNIST_MEAN, MNIST_STD
 
@@ -64,7 +64,7 @@ def to_ink(img: Image.Image) -> np.ndarray:
         ink /= relative
     threshold = max(INK_NOISE_SIGMAS * _noise(ink), INK_MIN_CONTRAST)
     if float(ink.max()) <= threshold:
-        raise BadInput(_no_strokes_message(lum))
+        raise UndecodableInput(_no_strokes_message(lum))
     return _clean_ink(ink, threshold)
 
 
@@ -289,7 +289,7 @@ def _clean_ink(ink: np.ndarray, threshold: float) -> np.ndarray:
     mask = ink > threshold
     mask &= _box3_count(mask) >= 3  # a speck of one or two pixels is noise, a stroke is not
     if not np.count_nonzero(mask):
-        raise BadInput("no digit found: only a few isolated specks stand out from the background, no strokes; "
+        raise UndecodableInput("no digit found: only a few isolated specks stand out from the background, no strokes; "
                        "send a digit with clear strokes on a plain background")
     peak = float(ink[mask].max())
     ink -= threshold
@@ -331,7 +331,7 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
     inked = ink > BBOX_THRESHOLD
     rows = inked.any(axis=1).nonzero()[0]
     if rows.size == 0:
-        raise BadInput("no digit found: nothing in the image stands out from its background")
+        raise UndecodableInput("no digit found: nothing in the image stands out from its background")
     cols = inked[rows[0]:rows[-1] + 1].any(axis=0).nonzero()[0]
     return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].clip(0.0, 1.0)
 

@@ -224,7 +224,7 @@ class JobRunner:
             logger.debug("worker %s: step times not recorded: %s", self.id, exc)
 
     def run(self, job) -> None:
-        from app.core.errors import APIError
+        from app.preprocessing.errors import InputError
         from app.style.engine import StyleCancelled
         from app.style.options import StyleInputError
 
@@ -256,8 +256,8 @@ class JobRunner:
             else:
                 self.store.mark_cancelled(job.id, self.id)
                 logger.info("worker %s: job %s cancelled", self.id, job.id)
-        except APIError as exc:  # an input that no longer decodes (validated at submit, so rare)
-            self.store.fail(job.id, f"bad input: {exc.detail}", self.id)
+        except InputError as exc:  # an input that no longer decodes (validated at submit, so rare)
+            self.store.fail(job.id, f"bad input: {exc.message}", self.id)
         except StyleInputError as exc:  # options the engine refuses (layers a partial VGG lacks, a diverged loss)
             self.store.fail(job.id, str(exc), self.id)
         except ParentGone:

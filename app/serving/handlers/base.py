@@ -10,7 +10,7 @@ from torch import nn
 
 from app.serving.backends import Runner, choose_runner
 from app.core.config import Settings
-from app.core.errors import BadInput
+from app.preprocessing.errors import UndecodableInput
 from app.serving.loading import StartupError, load_state_dict
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 
@@ -108,7 +108,7 @@ class ModelHandler(ABC):
 
     @abstractmethod
     def decode_request(self, raw: Any) -> Any:
-        """One raw input (image bytes | text) -> one preprocessed CPU item; raises APIError."""
+        """One raw input (image bytes | text) -> one preprocessed CPU item; raises InputError."""
 
     @abstractmethod
     def collate(self, batch: list[Any]) -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ class ModelHandler(ABC):
     @abstractmethod
     def split(self, tensors: dict[str, torch.Tensor]) -> list[Any]:
         """The inverse of `collate`: the network's named inputs for N items (already of its shapes and dtypes,
-        as a client of the Open Inference Protocol sends them) -> N decoded items; raises BadInput for values
+        as a client of the Open Inference Protocol sends them) -> N decoded items; raises UndecodableInput for values
         the network cannot take."""
 
     def forward(self, batch: list[Any]) -> torch.Tensor:
@@ -169,5 +169,5 @@ class ImageClassifierHandler(ModelHandler):
     def split(self, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         x = tensors["x"]
         if not bool(torch.isfinite(x).all()):
-            raise BadInput("input 'x' holds NaN or infinite values")
+            raise UndecodableInput("input 'x' holds NaN or infinite values")
         return list(x.unbind(0))

@@ -1,7 +1,7 @@
 """Sentence sentiment (SST-2): text -> token ids -> bi-LSTM."""
 import torch
 
-from app.core.errors import BadInput
+from app.preprocessing.errors import UndecodableInput
 from app.serving.handlers.base import ModelHandler
 from models import select_architectures
 from models.sentiment import pad_batch, tokenize
@@ -30,10 +30,10 @@ class SentimentHandler(ModelHandler):
         ids, lengths = tensors["ids"], tensors["lengths"]
         width, vocabulary = ids.shape[1], self.model.embedding.num_embeddings
         if width > self.settings.max_text_chars:  # a token is at least one character of a text
-            raise BadInput(f"input 'ids' is {width} tokens wide; the limit is {self.settings.max_text_chars} "
+            raise UndecodableInput(f"input 'ids' is {width} tokens wide; the limit is {self.settings.max_text_chars} "
                            "(MAX_TEXT_CHARS)")
         if lengths.numel() and not bool(((lengths >= 1) & (lengths <= width)).all()):
-            raise BadInput(f"input 'lengths': each length must be 1 to the width of 'ids' ({width})")
+            raise UndecodableInput(f"input 'lengths': each length must be 1 to the width of 'ids' ({width})")
         if ids.numel() and not bool(((ids >= 0) & (ids < vocabulary)).all()):
-            raise BadInput(f"input 'ids': token ids must be 0 to {vocabulary - 1} (the model's vocabulary)")
+            raise UndecodableInput(f"input 'ids': token ids must be 0 to {vocabulary - 1} (the model's vocabulary)")
         return [row[:length].tolist() for row, length in zip(ids, lengths.tolist())]

@@ -23,7 +23,9 @@ from PIL import Image
 from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.inference import media_type, unsupported
 from app.core.config import Settings
+from app.api.input_errors import as_api_error
 from app.core.errors import APIError, ServiceUnavailable
+from app.preprocessing.errors import InputError
 from app.preprocessing.decoding import open_image
 from app.serving.loading import resolve_device
 from app.style.api.deps import PREFIX
@@ -163,8 +165,8 @@ async def instant(request: Request, settings: SettingsDep, limiter: DecodeLimite
         try:
             return await anyio.to_thread.run_sync(_decode, data, settings.max_image_pixels, at_least,
                                                   limiter=limiter)
-        except APIError as exc:
-            raise APIError(f"{field}: {exc.detail}", exc.status_code, exc.headers) from None
+        except (APIError, InputError) as exc:
+            raise as_api_error(exc, field) from None
 
     content_image = await decode("content", content[1], size)
     _check_shape("content", content_image.size, size)

@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.inference import media_type, unsupported
 from app.api.schemas import ErrorBody
+from app.api.input_errors import as_api_error
 from app.core.errors import APIError, NotFound
+from app.preprocessing.errors import InputError
 from app.core.security import caller_of
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 from app.style.api.deps import (PREFIX, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
@@ -72,8 +74,8 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
     async def check(field: str, data: bytes) -> tuple[str, tuple[int, int]]:
         try:
             return await anyio.to_thread.run_sync(decoded_kind, data, settings.max_image_pixels, limiter=limiter)
-        except APIError as exc:
-            raise APIError(f"{field}: {exc.detail}", exc.status_code, exc.headers) from None
+        except (APIError, InputError) as exc:
+            raise as_api_error(exc, field) from None
 
     content_ext, content_size = await check("content", content[1])
     check_cost(content_size, params, settings.max_job_pixel_steps)
