@@ -122,7 +122,14 @@ def plot_curve(history: dict[str, list[float]], path: Path, title: str) -> str:
     ax_acc.plot(epochs, history["train_acc"], label="train")
     ax_acc.plot(epochs, history["test_acc"], label="held-out")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
-    for ax in (ax_loss, ax_acc):
+    return save_figure(fig, (ax_loss, ax_acc), path)
+
+
+def save_figure(fig, axes, path: Path) -> str:
+    """Grid and legend on every axis, written to `path` and closed; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

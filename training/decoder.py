@@ -20,10 +20,8 @@ SIGTERM ends the training early and still evaluates and writes everything.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -39,7 +37,7 @@ from PIL import Image
 from models.decoder import FEATURE_LAYER, StyleDecoder, reconstruct
 from models.vgg import VGG19Features, caffe_preprocess
 from training.common import (REPO_ROOT, WEIGHTS_DIR, count_parameters, default_data_dir, device_description,
-                             pick_device, progress, seed_everything)
+                             pick_device, progress, save_figure, seed_everything, sha256_of)
 
 NAME = "style-decoder"
 LOSS_LAYERS = ("relu1_1", "relu2_1", FEATURE_LAYER)
@@ -309,14 +307,6 @@ def mean_psnr(results: dict[str, dict[str, float]], size: int) -> float:
 
 # --------------------------------------------------------------------------------------------- outputs
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_state(decoder: StyleDecoder, path: Path) -> None:
     tmp = path.with_suffix(".pt.tmp")
     torch.save({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, tmp)
@@ -347,13 +337,7 @@ def plot_curve(history: dict, path: Path) -> str:
     for name in HELDOUT:
         ax_psnr.plot(history["eval_iteration"], history[f"psnr_{name}"], marker="o", label=f"{name} (held out)")
     ax_psnr.set(xlabel="iteration", ylabel="PSNR at 256 px (dB)", title="held-out reconstruction")
-    for ax in (ax_loss, ax_psnr):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, (ax_loss, ax_psnr), path)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -508,7 +492,7 @@ def main(argv=None) -> dict:
     if stop["why"]:
         entry["stopped_early"] = f"after {done} of {args.iterations} iterations ({stop['why']})"
     update_assets(args.weights_dir, NAME, entry)
-    print(f"held-out PSNR: " + "; ".join(f"{h}: " + ", ".join(f"{s} px {final[h][s]:.2f} dB" for s in final[h])
+    print("held-out PSNR: " + "; ".join(f"{h}: " + ", ".join(f"{s} px {final[h][s]:.2f} dB" for s in final[h])
                                           for h in HELDOUT))
     print(f"saved {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB), sha256 {entry['sha256'][:12]}.., "
           f"{training_time / 60:.1f} min")

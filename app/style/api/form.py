@@ -6,12 +6,16 @@ import math
 import secrets
 import types
 import typing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from app.api.inference import media_type, unsupported
 from app.style import presets
 from app.style.options import MAX_STYLES, StyleParams, fit_size, too_thin
 
@@ -53,6 +57,21 @@ def check_shape(field: str, image_size: tuple[int, int], params: dict, style: bo
                        params["style_scale"] if style else None)
     if problem:
         raise invalid_field(field, problem)
+
+
+@asynccontextmanager
+async def style_form(request: Request, known: tuple[str, ...], accepted: str) -> AsyncIterator[list[tuple[str, Any]]]:
+    """A style request's multipart fields, each name checked against `known`; its uploads stay open inside."""
+    content_type = media_type(request)
+    if content_type != "multipart/form-data":
+        raise unsupported(content_type, accepted)
+    async with request.form(max_files=MAX_STYLES + 1, max_fields=64) as form:
+        items = list(form.multi_items())
+        unknown = sorted({key for key, _ in items if key not in known})
+        if unknown:
+            raise invalid_field(unknown[0], f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(known)}",
+                                "extra_forbidden")
+        yield items
 
 
 async def read_files(items: list[tuple[str, Any]]) -> tuple[tuple[str, bytes], list[dict]]:

@@ -21,7 +21,6 @@ from fastapi.responses import Response
 from PIL import Image
 
 from app.api.deps import DecodeLimiterDep, SettingsDep
-from app.api.inference import media_type, unsupported
 from app.core.config import Settings
 from app.api.input_errors import as_api_error
 from app.core.errors import APIError, ServiceUnavailable
@@ -29,10 +28,11 @@ from app.preprocessing.errors import InputError
 from app.preprocessing.decoding import open_image
 from app.serving.loading import resolve_device
 from app.style.api.deps import PREFIX
-from app.style.api.form import FILE_FIELDS, LIST_FIELDS, OPTION_FIELDS, invalid_field, parse_options, read_files
+from app.style.api.form import (FILE_FIELDS, LIST_FIELDS, OPTION_FIELDS, invalid_field, parse_options, read_files,
+                                style_form)
 from app.style.api.schemas import JOB_REQUEST_BODY, style_errors
 from app.style.instant import InstantStyler, InstantUnavailable
-from app.style.options import DEFAULT_SIZE_CPU, DEFAULT_SIZE_CUDA, MAX_STYLES, too_thin
+from app.style.options import DEFAULT_SIZE_CPU, DEFAULT_SIZE_CUDA, too_thin
 
 logger = logging.getLogger("app.style")
 router = APIRouter(prefix=PREFIX, tags=["style"])
@@ -146,15 +146,7 @@ def parse_alpha(items: list[tuple[str, Any]]) -> float:
                         429: style_errors(429)[429] | {"description": "INSTANT_STYLE_CONCURRENCY requests are "
                                                        "running and INSTANT_STYLE_QUEUE waiting (Retry-After)"}})
 async def instant(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep) -> Response:
-    content_type = media_type(request)
-    if content_type != "multipart/form-data":
-        raise unsupported(content_type, ACCEPTED)
-    async with request.form(max_files=MAX_STYLES + 1, max_fields=64) as form:
-        items = list(form.multi_items())
-        unknown = sorted({key for key, _ in items if key not in KNOWN_FIELDS})
-        if unknown:
-            raise invalid_field(unknown[0], f"unknown field(s) {', '.join(unknown)}; accepted: "
-                                f"{', '.join(KNOWN_FIELDS)}", "extra_forbidden")
+    async with style_form(request, KNOWN_FIELDS, ACCEPTED) as items:
         content, styles = await read_files(items)
     alpha = parse_alpha(items)
     params, options = parse_options([(k, v) for k, v in items if k not in INSTANT_FIELDS], styles,

@@ -16,7 +16,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.deps import DecodeLimiterDep, SettingsDep
-from app.api.inference import media_type, unsupported
 from app.api.schemas import ErrorBody
 from app.api.input_errors import as_api_error
 from app.core.errors import APIError, NotFound
@@ -25,11 +24,10 @@ from app.core.security import caller_of
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 from app.style.api.deps import (PREFIX, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
                                 visible_job)
-from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, invalid_field, parse_options,
-                                read_files)
+from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, parse_options, read_files,
+                                style_form)
 from app.style.api.schemas import JOB_REQUEST_BODY, StyleJob, StyleJobList, style_errors
 from app.style.api.views import job_view, not_ready
-from app.style.options import MAX_STYLES
 from app.style.jobs import PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SUCCEEDED, JobStoreUnavailable, QueueFull
 from app.style.service import StyleBackend
 
@@ -49,15 +47,7 @@ router = APIRouter(prefix=PREFIX, tags=["style"])
              responses=style_errors(400, 413, 415, 422, 429, 503, 507))
 async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep,
                      service: ServiceDep) -> JSONResponse:
-    content_type = media_type(request)
-    if content_type != "multipart/form-data":
-        raise unsupported(content_type, ACCEPTED)
-    async with request.form(max_files=MAX_STYLES + 1, max_fields=64) as form:
-        items = list(form.multi_items())
-        unknown = sorted({key for key, _ in items if key not in KNOWN_FIELDS})
-        if unknown:
-            raise invalid_field(unknown[0], f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(KNOWN_FIELDS)}",
-                           "extra_forbidden")
+    async with style_form(request, KNOWN_FIELDS, ACCEPTED) as items:
         content, styles = await read_files(items)
     params, options = parse_options(items, styles, service.default_size)
     caller = caller_of(request.scope)
