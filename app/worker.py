@@ -105,7 +105,7 @@ class RedisWorker:
 
         # VGG loaded and the device measured (warm-up) before the first heartbeat: a live worker is a ready one
         self.runner.load_engine(self.device, str(self.settings.style_vgg_weights), self.settings.torch_threads,
-                                    self.settings.worker_nice)
+                                    self.settings.worker_nice, str(self.settings.weights_dir))
         self.store.register_worker(self.id, self.runner.device_key)
         self.store.heartbeat(self.id, None)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)

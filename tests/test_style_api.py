@@ -289,7 +289,7 @@ def test_options_are_the_engine_s_defaults_and_bounds(client):
     assert body["defaults"]["size"] == 256  # this CPU's default
     assert body["limits"]["size"] == {"min": 64, "max": 1024}
     assert body["limits"]["steps"]["min"] == 1 and body["limits"]["steps"]["max"] == 2000
-    assert body["limits"]["init"]["choices"] == ["content", "noise"]
+    assert body["limits"]["init"]["choices"] == ["content", "noise", "instant"]
     assert body["limits"]["style_weights"]["max_items"] == body["max_styles"] == 4
     for name in ("style_weight", "content_weight", "tv_weight", "style_scale"):  # numbers: min and max keys
         assert {"min", "max"} <= set(body["limits"][name]) and body["types"][name] == "number"

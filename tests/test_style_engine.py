@@ -245,7 +245,7 @@ def test_layers_beyond_the_partial_weights_are_refused(engine, content, style):
     ("size", 32, "greater than or equal to 64"), ("size", 4096, "less than or equal to 1024"),
     ("steps", 0, "greater than or equal to 1"), ("steps", 5000, "less than or equal to 2000"),
     ("style_weight", -1, "greater than or equal to 0"), ("tv_weight", float("nan"), "finite"),
-    ("init", "zeros", "'content' or 'noise'"), ("style_scale", 10, "less than or equal to 4"),
+    ("init", "zeros", "'content', 'noise' or 'instant'"), ("style_scale", 10, "less than or equal to 4"),
     ("style_scale", 0.1, "greater than or equal to 0.25"), ("style_weights", [0, 0], "must not all be 0"),
     ("style_weights", [1, -1], "between 0 and 1e+06"), ("style_weights", [], "at least 1"),
     ("style_weights", [1e300, 1e300], "between 0 and 1e+06"), ("tv_weight", 1e39, "less than or equal to 10000"),

@@ -44,6 +44,10 @@ class StyleDiverged(StyleInputError):
     """The loss stopped being a finite number: the weights are too large for float32."""
 
 
+class InstantInitUnavailable(StyleInputError):
+    """init=instant and no style decoder to compute the start with (app/style/instant.py says why)."""
+
+
 @dataclass
 class ProgressInfo:
     """One loss evaluation. `preview()` renders the current image (at the current scale) only when called."""
@@ -240,12 +244,16 @@ class StyleEngine:
     """Loads VGG-19 once; `run()` may be called many times (one at a time per engine: the model is shared)."""
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", full_vgg: bool | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", decoder_dirs: Sequence[str | Path] | None = None):
         """precision: the dtype the loss evaluations run VGG in: "float32", "bfloat16", or "auto" (bfloat16 on a CPU
         with native bf16 arithmetic, AVX512-BF16 or AMX, where it halves an evaluation's time; float32 elsewhere).
-        `self.vgg` stays float32 whatever it is (targets of the yardstick and benchmarks use it)."""
+        `self.vgg` stays float32 whatever it is (targets of the yardstick and benchmarks use it).
+        decoder_dirs: the folders whose manifest.json may list the style decoder that init="instant" needs (loaded
+        on the first such job; default: the folder of weights_path)."""
         self.device = torch.device(device)
         self.weights_path = Path(weights_path)
+        self.decoder_dirs = [Path(d) for d in (decoder_dirs or ()) if d] + [self.weights_path.parent]
+        self._instant = None  # app.style.instant.InstantStyler, loaded on the first init="instant" run
         vgg = VGG19Features.from_file(self.weights_path, map_location="cpu")
         if full_vgg is not None and full_vgg != vgg.is_full:
             have = "conv1_1..conv5_4" if vgg.is_full else f"conv1_1..{vgg.layer_names[-2]}"
@@ -310,8 +318,11 @@ class StyleEngine:
                                   styles_framed=framed, relative=relative)
             del style_ts, framed
             if x is None:
-                x = self._initial(params.init, content_full if (w, h) == (out_w, out_h)
-                                  else pil_to_tensor(content, (w, h)), generator)
+                content01 = content_full if (w, h) == (out_w, out_h) else pil_to_tensor(content, (w, h))
+                if params.init == "instant":
+                    x = self.instant_start(content01, styles, blend, longest, params.style_scale)
+                else:
+                    x = self._initial(params.init, content01, generator)
             else:
                 # Upsample the coarse result and put back the content's fine detail that the coarse scale could
                 # not hold (a Laplacian-pyramid step): the refinement then starts near the content at full size.
@@ -335,6 +346,31 @@ class StyleEngine:
     @staticmethod
     def _style_size(style: Image.Image, longest: int, style_scale: float) -> tuple[int, int]:
         return style_size(style.size, longest, style_scale)
+
+    def instant_styler(self):
+        """The instant styler (app/style/instant.py) on this engine's own VGG when its file is the one the decoder
+        was trained on (else the shipped file beside the decoder is loaded); loaded once, on first use.
+        Raises InstantInitUnavailable with the reason when there is no usable decoder."""
+        if self._instant is None:
+            from app.style.instant import InstantStyler, InstantUnavailable
+
+            vgg_paths = [self.weights_path] + [d / "vgg19_features_0-16.pth" for d in self.decoder_dirs]
+            try:
+                self._instant = InstantStyler.load(self.decoder_dirs, vgg_paths, self.device, self.precision,
+                                                   shared_vgg=(self.weights_path, self.vgg))
+            except InstantUnavailable as exc:
+                raise InstantInitUnavailable(f"init=instant needs the style decoder: {exc}") from None
+        return self._instant
+
+    def instant_start(self, content01: torch.Tensor, styles: Sequence[Image.Image], blend: Sequence[float],
+                      longest: int, style_scale: float) -> torch.Tensor:
+        """init="instant": the instant stylisation (WCT + decoder) of content01 (RGB [0, 1], the first stage's
+        size) with the styles sized for that stage (longest side `longest` x style_scale) and the job's blend
+        weights, in full colour (preserve_color is applied to the job's result, as for any init)."""
+        styler = self.instant_styler()
+        stats = [styler.upload_stats(s, longest, style_scale) for s, w in zip(styles, blend) if w > 0]
+        weights = [w for w in blend if w > 0]
+        return styler.stylise_tensor(content01, stats, weights).clone().to(self.device)
 
     def _initial(self, init: str, content01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if init == "content":

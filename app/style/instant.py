@@ -101,7 +101,9 @@ class InstantStyler:
     """The VGG encoder up to relu3_1 and the decoder, loaded once; thread-safe (inference only, a locked cache)."""
 
     def __init__(self, vgg: VGG19Features, decoder: StyleDecoder, device: torch.device, entry: dict | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", shared_vgg: bool = False):
+        """shared_vgg: `vgg` belongs to someone else (a StyleEngine's, already on the device, eval, no gradients):
+        used as it is, its memory layout untouched."""
         self.device = torch.device(device)
         if precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}")
@@ -110,7 +112,8 @@ class InstantStyler:
         self.precision = precision
         self.bf16 = precision == "bfloat16"
         self.memory_format = torch.channels_last if self.bf16 else torch.contiguous_format
-        self.vgg = vgg.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
+        self.vgg = vgg if shared_vgg else vgg.eval().requires_grad_(False).to(self.device,
+                                                                               memory_format=self.memory_format)
         self.decoder = decoder.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
         self.entry = entry or {}
         self._cache: OrderedDict[tuple, StyleStats] = OrderedDict()
@@ -120,9 +123,11 @@ class InstantStyler:
 
     @classmethod
     def load(cls, weights_dirs: Sequence[Path], vgg_paths: Sequence[Path], device: str | torch.device = "cpu",
-             precision: str = "auto") -> "InstantStyler":
+             precision: str = "auto", shared_vgg: tuple[Path, VGG19Features] | None = None) -> "InstantStyler":
         """The decoder listed as "style-decoder" under "assets" in the first of weights_dirs' manifests that has
-        one (sha256 checked), with the first of vgg_paths whose sha256 is the one it was trained on."""
+        one (sha256 checked), with the first of vgg_paths whose sha256 is the one it was trained on.
+        shared_vgg: (its file, a VGG already loaded from it on `device`, e.g. a StyleEngine's): used instead of
+        loading that file a second time when it is the one chosen."""
         entry, folder = _find_entry(weights_dirs)
         path = folder / entry["file"]
         if not path.is_file():
@@ -138,8 +143,10 @@ class InstantStyler:
             raise InstantUnavailable("the style decoder was trained on the VGG-19 file with sha256 "
                                      f"{str(wanted)[:12]}.. (weights/vgg19_features_0-16.pth) and none of "
                                      f"{', '.join(str(p) for p in vgg_paths)} is it")
-        vgg = VGG19Features.from_file(vgg_path)
         decoder = StyleDecoder.from_file(path, **entry.get("config", {}))
+        if shared_vgg is not None and Path(shared_vgg[0]).resolve() == Path(vgg_path).resolve():
+            return cls(shared_vgg[1], decoder, torch.device(device), entry, precision, shared_vgg=True)
+        vgg = VGG19Features.from_file(vgg_path)
         return cls(vgg, decoder, torch.device(device), entry, precision)
 
     # ----------------------------------------------------------------------------------------- statistics
@@ -206,6 +213,15 @@ class InstantStyler:
         """The photo resized so its longest side is `size`, stylised; an RGB PIL image of that size."""
         w, h = fit_size(*content.size, size)
         photo = pil_to_tensor(content, (w, h)).to(self.device)
+        return tensor_to_pil(self.stylise_tensor(photo, styles, weights, alpha, preserve_color))
+
+    @torch.inference_mode()
+    def stylise_tensor(self, photo: torch.Tensor, styles: Sequence[StyleStats], weights: Sequence[float],
+                       alpha: float = 1.0, preserve_color: bool = False) -> torch.Tensor:
+        """A photo as (1, 3, h, w) RGB [0, 1] (any h, w), stylised: (1, 3, h, w) RGB [0, 1] float32 on the device
+        (what a job with init=instant starts from, app/style/engine.py)."""
+        photo = photo.to(self.device, torch.float32)
+        h, w = photo.shape[-2:]
         padded, _ = pad_to_multiple(photo)
         features = self._encode(padded)
         if styles and alpha > 0:
@@ -213,7 +229,7 @@ class InstantStyler:
         out = self._decode(features)[..., :h, :w].clamp(0, 1).contiguous()
         if preserve_color:
             out = preserve_colors(out, photo)
-        return tensor_to_pil(out)
+        return out
 
 
 def _cpu_has_bf16() -> bool:
@@ -221,6 +237,19 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def decoder_problem(weights_dirs: Sequence[Path]) -> str | None:
+    """Why no decoder can be loaded from weights_dirs (no manifest entry, the file missing), or None; cheap (no
+    hashing): the API's check of a job asking for init=instant. The worker's load verifies the rest."""
+    try:
+        entry, folder = _find_entry(weights_dirs)
+    except InstantUnavailable as exc:
+        return str(exc)
+    path = folder / entry["file"]
+    if not path.is_file():
+        return f"{path}: the style decoder listed in the manifest is missing; train it with python -m training.decoder"
+    return None
 
 
 def _find_entry(weights_dirs: Sequence[Path]) -> tuple[dict, Path]:

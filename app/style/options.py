@@ -25,6 +25,7 @@ DEFAULT_STEPS = 250
 DEFAULT_STYLE_WEIGHT = 3.0  # a ratio of relative losses (Objective; chosen by bench/style_grid.py, docs/style.md)
 DEFAULT_CONTENT_WEIGHT = 1.0
 DEFAULT_TV_WEIGHT = 0.0
+DEFAULT_INIT = "content"  # measured against "instant" by python -m bench.style --evals-to-yardstick (docs/instant-style.md)
 MAX_WEIGHT = 1e4  # style and content weights are ratios: beyond this one term is all there is
 MIN_SIZE, MAX_SIZE = 64, 1024
 MAX_STEPS = 2000
@@ -62,7 +63,9 @@ class StyleParams(BaseModel):
     tv_weight: float = Field(DEFAULT_TV_WEIGHT, ge=0, le=MAX_TV_WEIGHT, allow_inf_nan=False,
                              description="weight of the total-variation (smoothness) loss, relative to the "
                              f"photo's own roughness (0..{MAX_TV_WEIGHT:g})")
-    init: Literal["content", "noise"] = Field("content", description="start from the content photo or from noise")
+    init: Literal["content", "noise", "instant"] = Field(
+        DEFAULT_INIT, description="where the optimisation starts: the content photo, noise, or the instant "
+        "stylisation (POST /v1/style/instant's result for the same photo, styles and size; needs the style decoder)")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise init; same seed, inputs and "
                              "device give the same image")
     preserve_color: bool = Field(False, description="keep the content's colours (transfer style to luminance only)")

@@ -2,7 +2,7 @@
 backends) and the embedded backend's worker process, which loads the StyleEngine (VGG-19) once, then runs queued
 jobs one at a time. JOB_BACKEND=redis workers are app/worker.py.
 
-The embedded worker is started by app.style.service with the multiprocessing "spawn" context (a fresh interpreter: CUDA-safe, and no
+The embedded worker is started by app.style.embedded_service with the multiprocessing "spawn" context (a fresh interpreter: CUDA-safe, and no
 copy of the API process's state). The only shared state is the job store (SQLite + files) and two events:
 `wake` (set by the API when a job is submitted; the worker also polls every WAKE_POLL_S) and `stop`
 (set at shutdown: a running job is handed back to the queue and the process exits).
@@ -50,6 +50,7 @@ class WorkerConfig:
     nice: int = 0
     log_level: str = "info"
     parent_pid: int = 0
+    weights_dir: str = ""  # WEIGHTS_DIR: where the style decoder (init=instant) is looked up first
 
 
 class ParentGone(Exception):
@@ -101,7 +102,7 @@ class Worker:
     def serve(self) -> None:
         try:
             self.runner.load_engine(self.config.device, self.config.vgg_weights, self.config.torch_threads,
-                                    self.config.nice)
+                                    self.config.nice, self.config.weights_dir)
         except ParentGone:
             return
         self._report(FAILED if self.runner.engine is None else READY, self.runner.load_error or "")
@@ -134,9 +135,11 @@ class JobRunner:
         self.device_key = "cpu"
         self.job_waiting = lambda: False  # True when a job arrived: the warm-up gives way to it
 
-    def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0, nice: int = 0) -> None:
+    def load_engine(self, device_name: str, vgg_weights: str, torch_threads: int = 0, nice: int = 0,
+                    weights_dir: str | None = None) -> None:
         """Lower this process's priority by `nice` (WORKER_NICE), load VGG-19 on the device, then measure it
-        (warm_up). A failure is kept in load_error: every job this worker takes then fails with it."""
+        (warm_up). A failure is kept in load_error: every job this worker takes then fails with it. The style
+        decoder of init=instant is looked up in weights_dir, then beside vgg_weights, on the first such job."""
         import torch
 
         from app.serving.loading import resolve_device
@@ -152,7 +155,7 @@ class JobRunner:
         try:
             device = resolve_device(device_name)
             self.device_key = device_key(device)
-            self.engine = StyleEngine(vgg_weights, device)
+            self.engine = StyleEngine(vgg_weights, device, decoder_dirs=[weights_dir] if weights_dir else None)
         except Exception as exc:
             self.load_error = f"the style engine could not be loaded: {exc}"
             logger.error("worker %s: %s", self.id, self.load_error)

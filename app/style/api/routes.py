@@ -24,10 +24,11 @@ from app.core.security import caller_of
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 from app.style.api.deps import (PREFIX, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
                                 visible_job)
-from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, parse_options, read_files,
-                                style_form)
+from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, invalid_field, parse_options,
+                                read_files, style_form)
 from app.style.api.schemas import JOB_REQUEST_BODY, StyleJob, StyleJobList, style_errors
 from app.style.api.views import job_view, not_ready
+from app.style.instant import decoder_problem
 from app.style.jobs import PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SUCCEEDED, JobStoreUnavailable, QueueFull
 from app.style.service import StyleBackend
 
@@ -50,6 +51,10 @@ async def submit_job(request: Request, settings: SettingsDep, limiter: DecodeLim
     async with style_form(request, KNOWN_FIELDS, ACCEPTED) as items:
         content, styles = await read_files(items)
     params, options = parse_options(items, styles, service.default_size)
+    if params["init"] == "instant":  # the worker would fail it: say so now (the decoder is looked up as it does)
+        problem = decoder_problem([settings.weights_dir, settings.style_vgg_weights.parent])
+        if problem:
+            raise invalid_field("init", f"init=instant needs the style decoder: {problem}")
     caller = caller_of(request.scope)
     owner = caller.name if caller is not None else None
     per_owner = settings.max_queued_jobs_per_owner if owner is not None else 0
