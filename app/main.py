@@ -2,7 +2,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
 import anyio
@@ -17,17 +17,17 @@ from app.api.error_handlers import install_error_handlers
 from app.api.openapi import declare_api_keys
 from app.api.routes import health, metrics, models, sentiment
 from app.api.routes.images import image_router
+from app.api.services import AppServices, services_of
 from app.api.v2 import routes as v2
 from app.core.config import Settings
-from app.core.lifecycle import ShutdownSignal, install_signal_chain
+from app.core.lifecycle import install_signal_chain
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.uploads import UploadGuardMiddleware
 from app.serving.loading import StartupError, resolve_device
-from app.core.observability import REQUEST_ID_HEADER, Metrics, RequestContextMiddleware, configure_logging
+from app.core.observability import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.serving.registry import ModelRegistry
 from app.core.security import APIKeyMiddleware, parse_api_keys
 from app.style.install import install as install_style
-from app.style.service import make_style_service
 
 logger = logging.getLogger("app")
 WEB_DIR = Path(__file__).resolve().parent / "web"  # the browser front end: plain HTML/CSS/ES modules, no build
@@ -35,42 +35,36 @@ WEB_DIR = Path(__file__).resolve().parent / "web"  # the browser front end: plai
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    install_signal_chain(app.state.shutdown)  # SIGTERM ends open event streams (app/core/lifecycle.py)
+    services = services_of(app)
+    settings = services.settings
+    install_signal_chain(services.shutdown)  # SIGTERM ends open event streams (app/core/lifecycle.py)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    registry = prepare_registry(settings)
-    app.state.registry = registry
-    app.state.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
+    registry = services.registry = prepare_registry(services)
+    services.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
     # Weights load in the background so /healthz answers at once and /readyz reports progress.
     loading = asyncio.create_task(registry.load(), name="load-models")
-    style_service = None
     try:
-        if settings.style_jobs_enabled:
-            # Style jobs run in worker processes: this server's own (embedded, spawned here and loading VGG in the
-            # background, so the first job does not wait) or `python -m app.worker` on other hosts
-            # (JOB_BACKEND=redis); see app/style/service.py.
-            style_service = make_style_service(settings, registry.device)
-            await style_service.start()
-            style_service.events.close_on(app.state.shutdown)  # open event streams end on SIGTERM
-            app.state.style_service = style_service
-        if app.state.wait_until_ready:
-            await until_ready(registry, loading, style_service, settings)
-        yield
+        async with AsyncExitStack() as installed:
+            for installed_lifespan in services.lifespans:  # style jobs' workers (app/style/install.py)
+                await installed.enter_async_context(installed_lifespan(services))
+            if services.wait_until_ready:
+                await until_ready(services, loading)
+            yield
     finally:
         loading.cancel()
         with suppress(asyncio.CancelledError):
             await loading
-        if style_service is not None:
-            await style_service.stop()
         await registry.close()
 
 
-def prepare_registry(settings: Settings) -> ModelRegistry:
+def prepare_registry(services: AppServices) -> ModelRegistry:
     """Everything that must hold before serving (device, manifest, checksums); raises StartupError."""
+    settings = services.settings
     try:
         device = resolve_device(settings.device)
-        registry = ModelRegistry.from_settings(settings, device)
+        registry = ModelRegistry.from_settings(settings, device,
+                                               latency=lambda name: services.metrics.predict_latency.labels(name).observe)
     except StartupError as exc:
         logger.error("refusing to start: %s", exc)
         raise
@@ -78,32 +72,32 @@ def prepare_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
-async def until_ready(registry: ModelRegistry, loading: asyncio.Task, style_service, settings: Settings) -> None:
-    """create_app(wait_until_ready=True): hold the startup until every model is loaded and, with embedded style
-    workers, one worker is ready for jobs (VGG loaded, device measured); StartupError when loading failed or took
-    longer than READY_TIMEOUT_S, so the app never starts serving half-loaded (and a test never hangs on it)."""
-    def style_state() -> tuple[str, str | None]:
-        if style_service is None or settings.job_backend != "embedded":
-            return "ready", None  # JOB_BACKEND=redis: the workers are other processes, started on their own
-        return style_service.readiness()
-
-    timeout_s = settings.ready_timeout_s
+async def until_ready(services: AppServices, loading: asyncio.Task) -> None:
+    """create_app(wait_until_ready=True): hold the startup until every model is loaded and every installed probe
+    that holds the startup (with embedded style workers: one worker with VGG loaded and the device measured) is
+    past "starting"; StartupError when loading failed or took longer than READY_TIMEOUT_S, so the app never starts
+    serving half-loaded (and a test never hangs on it)."""
+    registry = services.registry
+    probes = [probe for probe in services.probes.values() if probe.holds_startup()]
+    timeout_s = services.settings.ready_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             await asyncio.shield(loading)
-            while style_state()[0] == "starting":
+            while any(probe.state()[0] == "starting" for probe in probes):
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        waiting = [name for name, state in (("the models", registry.status), ("the style worker", style_state()[0]))
-                   if state in ("loading", "starting")]
+        waiting = (["the models"] if registry.status == "loading" else []) + \
+                  [probe.waiting_for for probe in probes if probe.state()[0] == "starting"]
         raise StartupError(f"not ready after READY_TIMEOUT_S={timeout_s:g} s: still waiting for "
                            f"{' and '.join(waiting) or 'the models'}") from None
     if registry.status != "ready":
         raise StartupError(f"model loading failed: {registry.error}")
-    state, detail = style_state()
-    if state == "failed":
-        raise StartupError(f"the style worker failed to start: {detail}")
-    logger.info("ready: %d models%s", len(registry.loaded), "" if style_service is None else f", style {state}")
+    for probe in probes:
+        state, detail = probe.state()
+        if state == "failed":
+            raise StartupError(f"{probe.waiting_for} failed to start: {detail}")
+    ready = ", ".join(f"{probe.field} {probe.state()[0]}" for probe in services.probes.values())
+    logger.info("ready: %d models%s", len(registry.loaded), f", {ready}" if ready else "")
 
 
 def create_app(settings: Settings | None = None, *, wait_until_ready: bool = False) -> FastAPI:
@@ -121,10 +115,7 @@ def create_app(settings: Settings | None = None, *, wait_until_ready: bool = Fal
         version="1.0.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.wait_until_ready = wait_until_ready
-    app.state.shutdown = ShutdownSignal()
-    app.state.metrics = Metrics(app)  # a registry per app: several apps in one process do not clash
+    services = app.state.services = AppServices(settings, wait_until_ready=wait_until_ready)
     # Middleware, innermost first: body limit, body read timeout + upload slots (taken when a body is read),
     # API keys (before any body is read), CORS (answers preflights and adds its headers to 401s too),
     # request id + access log + request counter (sees every response).
@@ -139,7 +130,7 @@ def create_app(settings: Settings | None = None, *, wait_until_ready: bool = Fal
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER],
                            expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After", "X-Style-Seconds",
                                            "X-Style-Ignored"])
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=services.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -149,7 +140,7 @@ def create_app(settings: Settings | None = None, *, wait_until_ready: bool = Fal
     app.include_router(sentiment.router)
     app.include_router(v2.router)  # the Open Inference Protocol (app/api/v2/)
     if settings.style_jobs_enabled:
-        install_style(app)  # routes, job-store error answers, metrics (app/style/install.py)
+        install_style(app)  # routes, error answers, metrics, readiness, workers' lifespan (app/style/install.py)
     install_web(app)
     if settings.api_key_list:
         declare_api_keys(app)

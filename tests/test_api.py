@@ -166,7 +166,7 @@ def test_batch_results_are_in_input_order(client, task):
 
 
 def test_batch_items_share_one_forward_pass(client):
-    stats = client.app.state.registry.batcher_stats()["digits-cnn"]
+    stats = client.app.state.services.registry.batcher_stats()["digits-cnn"]
     passes_before = stats.forward_passes
     images = [b64(encode(digit_image(d))) for d in range(8)]
     assert client.post("/v1/digits/predict", json={"images": images}).status_code == 200
@@ -488,8 +488,8 @@ def png_of_size(width: int, height: int) -> bytes:
 
 
 def test_only_small_images_are_decoded_on_the_event_loop(client):
-    handler = client.app.state.registry.for_task("digits", None).handler
-    limit = client.app.state.settings.inline_decode_pixels
+    handler = client.app.state.services.registry.for_task("digits", None).handler
+    limit = client.app.state.services.settings.inline_decode_pixels
     assert handler.decodes_inline(png_of_size(28, 28))
     assert handler.decodes_inline(png_of_size(256, 256)) == (256 * 256 <= limit)
     assert not handler.decodes_inline(png_of_size(1000, 1000))  # worker thread: may take milliseconds

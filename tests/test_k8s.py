@@ -512,7 +512,7 @@ def pod_labels_of(obj: dict) -> dict:
 
 
 def test_termination_grace_covers_the_shutdown(monkeypatch):
-    from app.style.service import WORKER_STOP_TIMEOUT_S
+    from app.style.embedded_service import WORKER_STOP_TIMEOUT_S
     from app.worker import JOB_HANDBACK_TIMEOUT_S
 
     for overlay in OVERLAYS:
@@ -526,7 +526,7 @@ def test_termination_grace_covers_the_shutdown(monkeypatch):
                 continue
             pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
             # uvicorn's drain, then the embedded style workers: WORKER_STOP_TIMEOUT_S, then per worker a 2 s
-            # join after SIGTERM and one after SIGKILL (app/style/service.py, _join_all)
+            # join after SIGTERM and one after SIGKILL (app/style/embedded_service.py, _join_all)
             style = WORKER_STOP_TIMEOUT_S + 4 * settings.job_workers if settings.style_jobs_enabled else 0
             needed = pre_stop + settings.shutdown_grace_s + style
             assert grace >= needed + 5, f"{overlay}: {obj['metadata']['name']} grace {grace} s < {needed} s + 5"

@@ -158,3 +158,34 @@ def test_predicting_before_the_models_are_loaded_is_503(tiny_weights_dir, tmp_pa
         registry.for_task("digits")
     assert raised.value.status_code == 503 and raised.value.headers == {"Retry-After": "2"}
     assert registry.describe("digits-cnn")["loaded"] is False
+
+
+def test_model_batching_is_set_per_model(tiny_weights_dir, tmp_path):
+    """MODEL_BATCHING overrides BATCH_MAX_SIZE / BATCH_MAX_WAIT_MS for the models it names, and only for them;
+    GET /v1/models shows each model's batching."""
+    settings = make_settings(tiny_weights_dir, tmp_path / "data", model_batching="digits-mlp=1, objects-resnet=8/5",
+                             batch_max_size=16, batch_max_wait_ms=3)
+    with TestClient(create_app(settings, wait_until_ready=True)) as client:
+        batchers = {name: (s.batcher.max_size, s.batcher.max_wait * 1000)
+                    for name, s in client.app.state.services.registry._served.items()}
+        shown = {m["name"]: m["batching"] for m in client.get("/v1/models").json()["models"]}
+    assert batchers == {"digits-mlp": (1, 3.0), "objects-resnet": (8, 5.0), "digits-cnn": (16, 3.0),
+                        "sentiment-lstm": (16, 3.0)}
+    assert shown["objects-resnet"] == {"max_size": 8, "max_wait_ms": 5.0}
+    assert shown["digits-cnn"] == {"max_size": 16, "max_wait_ms": 3.0}
+
+
+def test_model_batching_naming_an_unknown_model_refuses_to_start(tiny_weights_dir, tmp_path):
+    with pytest.raises(StartupError, match=r"MODEL_BATCHING names digits-xl, not in the manifest \(models: "):
+        start(tiny_weights_dir, tmp_path, model_batching="digits-xl=4")
+
+
+@pytest.mark.parametrize("value", ["digits-mlp", "digits-mlp=", "digits-mlp=0", "=4", "digits-mlp=4/x",
+                                   "digits-mlp=4/-1", "digits-mlp=four", "digits-mlp=4/1e9"])
+def test_malformed_model_batching_is_refused_with_the_entry(value, tmp_path):
+    from pydantic import ValidationError
+
+    from app.core.config import Settings
+
+    with pytest.raises(ValidationError, match=r"MODEL_BATCHING entry .*write NAME=MAX_SIZE"):
+        Settings(model_batching=value, data_dir=tmp_path)

@@ -246,7 +246,7 @@ def test_slow_predictions_time_out_with_504_and_are_dropped(tiny_weights_dir, tm
     app = create_app(settings)
     with TestClient(app) as client:
         wait_until_ready(client)
-        batcher = app.state.registry.for_task("sentiment").batcher
+        batcher = app.state.services.registry.for_task("sentiment").batcher
         real_predict = batcher.predict_fn
         calls = []
 

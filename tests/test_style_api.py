@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.style.state import style_state
 from tests.conftest import make_settings, wait_until_ready
 
 JOB_TIMEOUT_S = 60
@@ -113,7 +114,7 @@ def test_submit_run_and_fetch_the_result(client):
     assert events[-1][0] == "status" and events[-1][1]["status"] == "succeeded"
 
     # DELETE of a finished job removes the record and the files
-    folder = client.app.state.style_service.store.job_dir(job["id"])
+    folder = style_state(client.app).service.store.job_dir(job["id"])
     assert (folder / "result.png").is_file()
     assert client.delete(f"/v1/style/jobs/{job['id']}").status_code == 204
     assert client.get(f"/v1/style/jobs/{job['id']}").status_code == 404
@@ -135,7 +136,7 @@ def test_event_stream_reports_progress_and_ends_with_the_final_status(client):
 
 
 def test_busy_worker_queue_positions_cancel_and_429(client):
-    settings = client.app.state.settings
+    settings = client.app.state.services.settings
     long_job = submit(client, steps=LONG_STEPS)
     running = wait_running(client, long_job["id"])
     assert running["started_at"] and running["attempts"] == 1 and running["losses"]
@@ -257,7 +258,7 @@ def test_bad_images_and_bodies(client):
     assert json_body.status_code == 415 and "multipart/form-data" in json_body.json()["detail"]
     huge = client.post("/v1/style/jobs", files=files(content=b"\0" * (MAX_UPLOAD + 1)))
     assert huge.status_code == 413 and "MAX_UPLOAD_BYTES" in huge.json()["detail"]
-    settings = client.app.state.settings
+    settings = client.app.state.services.settings
     settings.max_image_pixels, saved = 1000, settings.max_image_pixels
     try:
         too_many_pixels = client.post("/v1/style/jobs", files=files())

@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.style import presets
-from app.style.api.instant import InstantState
+from app.style.state import InstantState, style_state
 from app.style.engine import pil_to_tensor, rgb_to_ycbcr
 from tests.conftest import make_settings, wait_until_ready
 
@@ -113,7 +113,7 @@ def test_every_preset_styles_the_photo(client, preset):
     assert after < 0.5 * before, (preset, before, after)
     # and the photo is still there: far closer to it than the painting is
     assert psnr(result, photo) > psnr(painting.resize(photo.size), photo) + 2
-    styler = client.app.state.instant_style.styler()
+    styler = style_state(client.app).instant.styler()
     assert any(name == preset for name, _ in styler.cached_presets())  # computed once, then cached
 
 
@@ -139,7 +139,7 @@ def test_a_blend_lies_between_its_paintings(client):
 
 def test_alpha_zero_is_the_decoder_s_reconstruction(client):
     zero = ok_png(instant(client, style_preset="starry_night", alpha="0"))
-    styler = client.app.state.instant_style.styler()
+    styler = style_state(client.app).instant.styler()
     photo = Image.open(io.BytesIO(CHELSEA)).convert("RGB")
     assert psnr(zero, styler.reconstruct(photo, SIZE)) > 45  # the same pass, up to PNG rounding
     assert psnr(zero, resized(CHELSEA, SIZE)) > 22  # and close to the photo itself
@@ -214,7 +214,7 @@ def test_bad_bodies_are_answered_as_job_submits_are(client):
     assert too_thin.status_code == 422 and "elongated" in too_thin.json()["detail"]
     five = instant(client, data={"style_preset": "udnie,udnie,udnie,udnie,udnie"})
     assert five.status_code == 422 and "at most 4" in five.json()["detail"]
-    settings = client.app.state.settings
+    settings = client.app.state.services.settings
     settings.max_image_pixels, saved = 1000, settings.max_image_pixels
     try:
         too_many_pixels = instant(client, style_preset="udnie")
@@ -227,8 +227,8 @@ def test_bad_bodies_are_answered_as_job_submits_are(client):
 
 def test_busy_answers_429_with_retry_after(client):
     app = client.app
-    saved = app.state.instant_style
-    state = InstantState(app.state.settings, concurrency=1, queue=0)
+    saved = style_state(app).instant
+    state = InstantState(app.state.services.settings, concurrency=1, queue=0)
     real = saved.styler()
     release, entered = threading.Event(), threading.Event()
 
@@ -242,7 +242,7 @@ def test_busy_answers_429_with_retry_after(client):
             return real.stylise(*args, **kwargs)
 
     state.styler = lambda: Slow()
-    app.state.instant_style = state
+    style_state(app).instant = state
     answers = []
     try:
         first = threading.Thread(target=lambda: answers.append(instant(client, style_preset="udnie")))
@@ -258,7 +258,7 @@ def test_busy_answers_429_with_retry_after(client):
         ok_png(instant(client, style_preset="udnie"))  # free again
     finally:
         release.set()
-        app.state.instant_style = saved
+        style_state(app).instant = saved
 
 
 def test_the_endpoint_is_in_openapi(client):

@@ -147,7 +147,7 @@ def test_ready_on_entry_no_readyz_poll(tiny_weights_dir, tmp_path):
 
 def test_without_it_the_models_still_load_in_the_background(tiny_weights_dir, tmp_path):
     app = create_app(make_test_settings(tmp_path / "data", weights_dir=tiny_weights_dir, style_jobs_enabled=False))
-    assert app.state.wait_until_ready is False
+    assert app.state.services.wait_until_ready is False
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_images_as_base64_bytes_match_v1(client, mnist_pngs):
 
 
 def test_the_network_tensor_gives_the_same_answer_as_the_encoded_image(client, cifar_pngs):
-    handler = client.app.state.registry.handlers["objects-resnet"]
+    handler = client.app.state.services.registry.handlers["objects-resnet"]
     tensors = np.stack([handler.decode_request(p).numpy() for p in cifar_pngs])
     as_tensor = client.post("/v2/models/objects-resnet/infer", json={"inputs": [{
         "name": "x", "shape": list(tensors.shape), "datatype": "FP32", "data": tensors.tolist()}]})  # nested data
@@ -179,7 +179,7 @@ def test_the_network_tensor_gives_the_same_answer_as_the_encoded_image(client, c
 
 
 def test_binary_tensor_data_in_both_directions(client, mnist_pngs):
-    tensors = np.stack([client.app.state.registry.handlers["digits-mlp"].decode_request(p).numpy()
+    tensors = np.stack([client.app.state.services.registry.handlers["digits-mlp"].decode_request(p).numpy()
                         for p in mnist_pngs]).astype("<f4")
     body, headers = binary_request([{"name": "x", "shape": list(tensors.shape), "datatype": "FP32"}],
                                    [tensors.tobytes()], parameters={"binary_data_output": True})
@@ -211,7 +211,7 @@ def test_texts_and_token_ids_match_v1(client, texts):
     assert response.status_code == 200, response.text
     v1 = v1_scores(client, "sentiment", "sentiment-lstm", {"texts": texts})
     np.testing.assert_allclose(probabilities(response.json()).max(axis=1), [r["score"] for r in v1], atol=1e-6)
-    handler = client.app.state.registry.handlers["sentiment-lstm"]
+    handler = client.app.state.services.registry.handlers["sentiment-lstm"]
     batch = handler.collate([handler.decode_request(t) for t in texts])
     by_ids = client.post("/v2/models/sentiment-lstm/infer", json={"inputs": [
         {"name": "ids", "shape": list(batch["ids"].shape), "datatype": "INT64", "data": batch["ids"].flatten().tolist()},
@@ -228,7 +228,7 @@ def test_classification_extension(client, cifar_pngs):
     assert output["datatype"] == "BYTES" and output["shape"] == [len(cifar_pngs), 3]
     full = probabilities(client.post("/v2/models/objects-resnet/infer",
                                      json={"inputs": request["inputs"]}).json())
-    classes = client.app.state.registry.handlers["objects-resnet"].classes
+    classes = client.app.state.services.registry.handlers["objects-resnet"].classes
     for row, start in enumerate(range(0, len(output["data"]), 3)):
         entries = [entry.split(":") for entry in output["data"][start:start + 3]]
         indices = [int(index) for _, index, _ in entries]

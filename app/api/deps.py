@@ -1,41 +1,48 @@
-"""Request dependencies: settings and the model registry live on app.state, set up by the lifespan.
+"""Request dependencies: everything reads the app's AppServices (app/api/services.py), which create_app and the
+lifespan fill in.
 
 All are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a hop that costs more than the
 attribute read it wraps, on every request."""
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
+from app.api.services import AppServices, services_of
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable
 from app.serving.registry import ModelRegistry, ServedModel
 
 DEFAULT_TOP_K = 3
+T = TypeVar("T")
+
+
+async def get_services(request: Request) -> AppServices:
+    return services_of(request.app)
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return services_of(request.app).settings
 
 
 async def get_registry(request: Request) -> ModelRegistry:
-    return _started(request, "registry")
+    return started(services_of(request.app).registry)
 
 
 async def get_decode_limiter(request: Request) -> anyio.CapacityLimiter:
-    return _started(request, "decode_limiter")
+    return started(services_of(request.app).decode_limiter)
 
 
-def _started(request: Request, name: str):
-    """What the lifespan puts on app.state; absent before startup."""
-    value = getattr(request.app.state, name, None)
+def started(value: T | None) -> T:
+    """What the lifespan sets up; None before startup (503)."""
     if value is None:
         raise ServiceUnavailable("the server is starting; retry shortly", headers={"Retry-After": "2"})
     return value
 
 
+ServicesDep = Annotated[AppServices, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 DecodeLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_decode_limiter)]
@@ -45,14 +52,11 @@ def served_model_for(task: str):
     """A dependency resolving `?model=` (default: the task's default model) to a ready model of `task`."""
 
     async def served_model(
-        request: Request,
         registry: RegistryDep,
         model: Annotated[str | None, Query(description=f"a {task} model name; default: the task's default "
                                                        "model (see GET /v1/models)")] = None,
     ) -> ServedModel:
-        served = registry.for_task(task, model)
-        request.state.model = served.handler.name  # labels the predict latency metric (TimedRoute)
-        return served
+        return registry.for_task(task, model)
 
     return served_model
 

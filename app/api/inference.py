@@ -67,12 +67,14 @@ async def predict_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any
     """Decode every input (big images in worker threads), batch them through the model, encode the answers.
     The response is built here, once: returned as a Response, it skips FastAPI's validation and re-encoding
     against the declared response_model (which still documents it in the OpenAPI schema)."""
-    if not inputs.is_batch:  # one input: awaited directly, no task per step (most requests)
-        probabilities = await served.predict(await _decode_one(served, decode, limiter, inputs.items[0]))
-        return JSONResponse({"model": served.handler.name, **served.handler.encode_response(probabilities, top_k)})
-    probabilities = await predict_each(served, await decode_all(served, inputs, decode, limiter))
-    results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
-    return JSONResponse({"model": served.handler.name, "results": results})
+    with served.timed():
+        if not inputs.is_batch:  # one input: awaited directly, no task per step (most requests)
+            probabilities = await served.predict(await _decode_one(served, decode, limiter, inputs.items[0]))
+            return JSONResponse({"model": served.handler.name,
+                                 **served.handler.encode_response(probabilities, top_k)})
+        probabilities = await predict_each(served, await decode_all(served, inputs, decode, limiter))
+        results = [served.handler.encode_response(probs, top_k) for probs in probabilities]
+        return JSONResponse({"model": served.handler.name, "results": results})
 
 
 async def decode_all(served: ServedModel, inputs: Inputs, decode: Callable[[Any], Any],

@@ -134,6 +134,11 @@ class Inference(BaseModel):
                                                  "(geometric mean over the batch sizes); below 1 picks ONNX Runtime")
 
 
+class Batching(BaseModel):
+    max_size: int = Field(description="most inputs per forward pass; 1: no batching")
+    max_wait_ms: float = Field(description="how long a forming batch waits for more inputs")
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
@@ -156,6 +161,8 @@ class ModelInfo(BaseModel):
                                                               "raw softmax")
     backend: Backend | None = Field(None, description="what runs the forward passes; null until loaded")
     inference: Inference | None = Field(None, description="the backend and why; null until loaded")
+    batching: Batching = Field(description="how concurrent inputs share forward passes (MODEL_BATCHING, else "
+                                           "BATCH_MAX_SIZE and BATCH_MAX_WAIT_MS)")
 
 
 class ModelList(BaseModel):

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     batch_max_size: int = Field(32, ge=1, description="most inputs per forward pass; 1 turns batching off")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    model_batching: str = Field("", description="per-model batching over the two above, comma-separated "
+                                "NAME=MAX_SIZE or NAME=MAX_SIZE/MAX_WAIT_MS, e.g. 'objects-cnn=8/4,digits-mlp=1'")
     decode_concurrency: int = Field(4, ge=1, description="inputs decoded at once across all requests; bounds "
                                     "the memory that many large images can take")
     inline_decode_pixels: int = Field(65_536, ge=0, description="images up to this many pixels are decoded on "
@@ -131,9 +133,36 @@ class Settings(BaseSettings):
         parse_api_keys(_split(value))  # a malformed entry stops the server at start, naming the entry
         return value
 
+    @field_validator("model_batching")
+    @classmethod
+    def _check_model_batching(cls, value: str) -> str:
+        parse_model_batching(value)
+        return value
+
+    @property
+    def model_batching_map(self) -> dict[str, tuple[int, float | None]]:
+        return parse_model_batching(self.model_batching)
+
     @property
     def cors_origin_list(self) -> list[str]:
         return _split(self.cors_origins)
+
+
+def parse_model_batching(value: str) -> dict[str, tuple[int, float | None]]:
+    """'a=8/4,b=1' -> {'a': (8, 4.0), 'b': (1, None)}; ValueError with the entry at fault."""
+    parsed: dict[str, tuple[int, float | None]] = {}
+    for item in _split(value):
+        name, _, spec = item.partition("=")
+        size, _, wait = spec.partition("/")
+        try:
+            max_size, max_wait = int(size), (float(wait) if wait else None)
+        except ValueError:
+            max_size = max_wait = None
+        if not name.strip() or max_size is None or max_size < 1 or (max_wait is not None and not 0 <= max_wait < 1e4):
+            raise ValueError(f"MODEL_BATCHING entry {item!r}: write NAME=MAX_SIZE or NAME=MAX_SIZE/MAX_WAIT_MS, "
+                             "MAX_SIZE at least 1, MAX_WAIT_MS from 0 to 10000")
+        parsed[name.strip()] = (max_size, max_wait)
+    return parsed
 
 
 def _split(value: str) -> list[str]:

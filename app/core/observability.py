@@ -1,4 +1,4 @@
-"""Operations: request ids, access logs (text or JSON), Prometheus metrics and the predict-route timeout.
+"""Operations: request ids, access logs (text or JSON) and Prometheus metrics.
 
 * RequestContextMiddleware (pure ASGI, outermost of ours): takes a valid incoming X-Request-ID or makes one
   (uuid4 hex), returns it as X-Request-ID, counts the request by route template/method/status and writes one
@@ -6,29 +6,23 @@
 * Metrics: one CollectorRegistry per app (create_app), so several apps in one process do not clash. Counters
   and histograms are observed as requests happen; model load times, batch sizes (from the batchers' own
   stats) and GPU memory are computed at scrape time. Style jobs register their own metrics (app/style/metrics.py).
-* TimedRoute: the APIRoute class of the synchronous predict routes; REQUEST_TIMEOUT_S -> 504, latency per model.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from app.core.errors import APIError
 
 if TYPE_CHECKING:
     from app.core.config import Settings
@@ -56,7 +50,7 @@ def new_request_id() -> str:
 class Metrics:
     """The app's Prometheus registry and the metrics observed while serving."""
 
-    def __init__(self, app: Any):
+    def __init__(self, models: Callable[[], Any]):
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=self.registry)
@@ -64,21 +58,20 @@ class Metrics:
                                        "set) and status class", ["caller", "status_class"], registry=self.registry)
         self.predict_latency = Histogram("predict_latency_seconds", "Predict request latency by model",
                                          ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(_ScrapeTimeCollector(app))
+        self.registry.register(_ScrapeTimeCollector(models))
 
 
 class _ScrapeTimeCollector:
-    """Values read from the running app when /metrics is scraped."""
+    """Values read from the model registry (None before startup) when /metrics is scraped."""
 
-    def __init__(self, app: Any):
-        self.app = app
+    def __init__(self, models: Callable[[], Any]):
+        self.models = models
 
     def describe(self):
         return []
 
     def collect(self):
-        state = self.app.state
-        registry = getattr(state, "registry", None)
+        registry = self.models()
         if registry is not None:
             yield from _model_metrics(registry)
 
@@ -187,36 +180,6 @@ def _lookup_route(routes: list, scope: Scope) -> Any:
         if match is Match.PARTIAL and partial is None:
             partial = candidate
     return partial
-
-
-# ---------------------------------------------------------------------------------------------- timeout
-
-class TimedRoute(APIRoute):
-    """For the synchronous predict routes: REQUEST_TIMEOUT_S bounds the handler (504) and latency is recorded
-    per model. On timeout the handler is cancelled; its queued batcher items are skipped (their futures are
-    cancelled)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def timed_handler(request: Request) -> Response:
-            started = time.perf_counter()
-            timeout_s = request.app.state.settings.request_timeout_s
-            try:
-                async with asyncio.timeout(timeout_s) as deadline:
-                    return await handler(request)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                raise APIError(f"the request took longer than {timeout_s:g} s (REQUEST_TIMEOUT_S); retry "
-                               "later or send fewer inputs", 504) from None
-            finally:
-                model = getattr(request.state, "model", None)
-                metrics = getattr(request.app.state, "metrics", None)
-                if model is not None and metrics is not None:
-                    metrics.predict_latency.labels(model).observe(time.perf_counter() - started)
-
-        return timed_handler
 
 
 # ---------------------------------------------------------------------------------------------- logging

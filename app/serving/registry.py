@@ -5,6 +5,7 @@ import inspect
 import logging
 import pkgutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,20 +46,49 @@ def _is_concrete_handler(cls: type, module_name: str) -> bool:
             and not inspect.isabstract(cls) and bool(cls.architectures))
 
 
+LatencyObserver = Callable[[str], Callable[[float], None]]  # model name -> observe(seconds)
+
+
 @dataclass
 class ServedModel:
     handler: ModelHandler
     batcher: DynamicBatcher
+    observe_latency: Callable[[float], None]
 
     async def predict(self, item) -> torch.Tensor:
         return await self.batcher.submit(item)
 
+    def timed(self) -> "_Timed":
+        """`with served.timed():` around a request's inference (decode, forward passes, answer): its latency is
+        recorded under this model's name, failures included."""
+        return _Timed(self.observe_latency)
+
+
+class _Timed:
+    __slots__ = ("observe", "started")
+
+    def __init__(self, observe: Callable[[float], None]):
+        self.observe = observe
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc_info) -> None:
+        self.observe(time.perf_counter() - self.started)
+
+
+def _not_recorded(name: str) -> Callable[[float], None]:
+    return lambda seconds: None
+
 
 class ModelRegistry:
-    def __init__(self, handlers: dict[str, ModelHandler], device: torch.device, settings: Settings):
+    def __init__(self, handlers: dict[str, ModelHandler], device: torch.device, settings: Settings,
+                 latency: LatencyObserver = _not_recorded):
         self.handlers = handlers
         self.device = device
         self.settings = settings
+        self.latency = latency
+        self.batching = batching_per_model(handlers, settings)
         self.status: Literal["loading", "ready", "failed"] = "loading"
         self.error: str | None = None
         self.defaults = default_per_task(handlers)
@@ -66,7 +96,8 @@ class ModelRegistry:
         self.load_seconds: dict[str, float] = {}  # per model, for the model_load_seconds metric
 
     @classmethod
-    def from_settings(cls, settings: Settings, device: torch.device) -> "ModelRegistry":
+    def from_settings(cls, settings: Settings, device: torch.device,
+                      latency: LatencyObserver = _not_recorded) -> "ModelRegistry":
         """Read and verify the manifest and pick a handler per entry; weights are loaded later by load()."""
         weights_dir = Path(settings.weights_dir)
         entries = read_manifest(weights_dir)
@@ -76,7 +107,7 @@ class ModelRegistry:
         verify_weights(weights_dir, entries)
         verify_assets(weights_dir)
         verify_backend(entries, settings, device)
-        return cls(handlers, device, settings)
+        return cls(handlers, device, settings, latency)
 
     @property
     def loaded(self) -> list[str]:
@@ -97,10 +128,11 @@ class ModelRegistry:
     async def _load_one(self, handler: ModelHandler) -> None:
         started = time.perf_counter()
         await asyncio.to_thread(handler.setup, self.device)
-        batcher = DynamicBatcher(handler.predict, max_size=self.settings.batch_max_size,
-                                 max_wait_ms=self.settings.batch_max_wait_ms, name=handler.name)
+        batching = self.batching[handler.name]
+        batcher = DynamicBatcher(handler.predict, max_size=batching.max_size, max_wait_ms=batching.max_wait_ms,
+                                 name=handler.name)
         batcher.start()
-        self._served[handler.name] = ServedModel(handler, batcher)
+        self._served[handler.name] = ServedModel(handler, batcher, self.latency(handler.name))
         self.load_seconds[handler.name] = elapsed = time.perf_counter() - started
         logger.info("loaded %s (%s, %s parameters) on %s in %.2f s, backend %s (%s)", handler.name,
                     handler.entry["architecture"], f"{handler.parameters:,}", self.device, elapsed,
@@ -160,6 +192,7 @@ class ModelRegistry:
             "training_time_s": entry.get("training_time_s"), "trained_on": entry.get("trained_on"),
             "backend": handler.inference["backend"] if name in self._served else None,
             "inference": handler.inference if name in self._served else None,
+            "batching": {"max_size": self.batching[name].max_size, "max_wait_ms": self.batching[name].max_wait_ms},
         }
 
 
@@ -174,6 +207,30 @@ def _make_handler(entry: dict, handler_classes: dict[str, type[ModelHandler]], w
         raise StartupError(f"{weights_dir / 'manifest.json'}: model '{entry['name']}' says task {entry['task']!r} "
                            f"but {architecture} serves task {handler_cls.task!r}")
     return handler_cls(entry, weights_dir, settings)
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_size: int
+    max_wait_ms: float
+
+
+def batching_per_model(handlers: dict[str, ModelHandler], settings: Settings) -> dict[str, Batching]:
+    """Each model's batching: MODEL_BATCHING's entry for it, else its handler's own (batch_max_size,
+    batch_max_wait_ms class attributes), else BATCH_MAX_SIZE and BATCH_MAX_WAIT_MS."""
+    overrides = settings.model_batching_map
+    unknown = sorted(set(overrides) - set(handlers))
+    if unknown:
+        raise StartupError(f"MODEL_BATCHING names {', '.join(unknown)}, not in the manifest "
+                           f"(models: {', '.join(handlers)})")
+    chosen = {}
+    for name, handler in handlers.items():
+        size, wait_ms = overrides.get(name, (None, None))
+        chosen[name] = Batching(
+            max_size=size or handler.batch_max_size or settings.batch_max_size,
+            max_wait_ms=next(v for v in (wait_ms, handler.batch_max_wait_ms, settings.batch_max_wait_ms)
+                             if v is not None))
+    return chosen
 
 
 def default_per_task(handlers: dict[str, ModelHandler]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, ImagePayload, PredictionResponse, error_responses
 from app.core.config import API_PREFIX, Settings
-from app.core.observability import TimedRoute
+from app.api.timed_route import TimedRoute
 from app.core.errors import Unprocessable
 from app.serving.registry import ServedModel
 from app.preprocessing.decoding import decode_base64_image

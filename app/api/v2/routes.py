@@ -18,7 +18,8 @@ from app.api.v2.schemas import (ERROR_RESPONSES, InferenceRequest, InferenceResp
                                 inline_schema)
 from app.core.config import V2_PREFIX, Settings
 from app.core.errors import UnsupportedMediaType
-from app.core.observability import TimedRoute
+from app.api.services import services_of
+from app.api.timed_route import TimedRoute
 from app.serving.handlers.base import ModelHandler
 from app.serving.registry import ModelRegistry
 
@@ -48,7 +49,7 @@ def _ready(registry: ModelRegistry | None) -> bool:
 
 
 def _registry_or_none(request: Request) -> ModelRegistry | None:
-    return getattr(request.app.state, "registry", None)
+    return services_of(request.app).registry
 
 
 @router.get("/health/live", summary="Server live", response_class=Response,
@@ -113,9 +114,10 @@ async def _infer(request: Request, handler: ModelHandler, registry: ModelRegistr
         raise UnsupportedMediaType("send the inference request as JSON (application/json), binary tensor data "
                                    f"after it with the {HEADER_LENGTH} header; multipart is /v1's")
     served = registry.for_task(handler.task, handler.name)
-    request.state.model = handler.name  # labels the predict latency metric (TimedRoute)
-    inference, binary = dataplane.parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    header, outputs = await dataplane.infer(served, inference, binary, settings, limiter)
+    body = await request.body()
+    with served.timed():
+        inference, binary = dataplane.parse_request(body, request.headers.get(HEADER_LENGTH))
+        header, outputs = await dataplane.infer(served, inference, binary, settings, limiter)
     document = json.dumps(header, separators=(",", ":")).encode()
     binary_outputs = [output.raw for output in outputs if output.binary]
     if not binary_outputs:

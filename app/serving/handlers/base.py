@@ -53,6 +53,10 @@ class ModelHandler(ABC):
     # The network's named inputs as `collate` makes them, and their variable axes: the ONNX export's signature.
     onnx_dynamic_axes: ClassVar[dict[str, dict[int, str]]]
     cpu_inputs: ClassVar[frozenset[str]] = frozenset()  # inputs PyTorch takes on the CPU even on CUDA
+    # This model family's own batching, when it differs from BATCH_MAX_SIZE / BATCH_MAX_WAIT_MS (None: those);
+    # MODEL_BATCHING overrides both per model at deploy time.
+    batch_max_size: ClassVar[int | None] = None
+    batch_max_wait_ms: ClassVar[float | None] = None
 
     def __init__(self, entry: dict, weights_dir: Path, settings: Settings):
         self.entry = entry

@@ -9,21 +9,27 @@ import anyio
 from fastapi import Depends, Request
 
 from app.core.config import API_PREFIX
-from app.core.errors import NotFound, ServiceUnavailable
+from app.api.deps import started
+from app.core.errors import NotFound
 from app.core.security import Caller, caller_of
 from app.style.eta import EtaBoard
 from app.style.jobs import Job, JobStore, JobStoreUnavailable
 from app.style.service import StyleBackend
+from app.style.state import StyleState, style_state
 
 logger = logging.getLogger("app.style")
 PREFIX = f"{API_PREFIX}/style"
 
 
-def get_service(request: Request) -> StyleBackend:
-    service = getattr(request.app.state, "style_service", None)
-    if service is None:
-        raise ServiceUnavailable("the server is starting; retry shortly", headers={"Retry-After": "2"})
-    return service
+async def get_style_state(request: Request) -> StyleState:
+    return style_state(request.app)
+
+
+StyleStateDep = Annotated[StyleState, Depends(get_style_state)]
+
+
+async def get_service(style: StyleStateDep) -> StyleBackend:
+    return started(style.service)
 
 
 ServiceDep = Annotated[StyleBackend, Depends(get_service)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import threading
 import time
 from typing import Any
 
@@ -23,15 +22,15 @@ from PIL import Image
 from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.core.config import Settings
 from app.api.input_errors import as_api_error
-from app.core.errors import APIError, ServiceUnavailable
+from app.core.errors import APIError
 from app.preprocessing.errors import InputError
 from app.preprocessing.decoding import open_image
 from app.serving.loading import resolve_device
-from app.style.api.deps import PREFIX
+from app.style.api.deps import PREFIX, StyleStateDep
 from app.style.api.form import (FILE_FIELDS, LIST_FIELDS, OPTION_FIELDS, invalid_field, parse_options, read_files,
                                 style_form)
 from app.style.api.schemas import JOB_REQUEST_BODY, style_errors
-from app.style.instant import InstantStyler, InstantUnavailable
+from app.style.state import InstantState, StyleState
 from app.style.options import DEFAULT_SIZE_CPU, DEFAULT_SIZE_CUDA, too_thin
 
 logger = logging.getLogger("app.style")
@@ -45,59 +44,9 @@ IGNORED_FIELDS = ("steps", "style_weight", "content_weight", "tv_weight", "init"
 ACCEPTED = "multipart/form-data with a 'content' image file and 'style' files and/or 'style_preset' names"
 
 
-class InstantState:
-    """Per app: the styler (loaded once, on first use) and the limiter that bounds concurrent requests."""
-
-    def __init__(self, settings: Settings, concurrency: int | None = None, queue: int | None = None):
-        self.settings = settings
-        self.concurrency = concurrency or settings.instant_style_concurrency
-        self.queue = queue if queue is not None else settings.instant_style_queue
-        self.limiter = anyio.CapacityLimiter(self.concurrency)
-        self.admitted = 0  # running + waiting; checked and changed on the event loop only
-        self.recent_s: list[float] = []  # the last run times, for Retry-After
-        self._styler: InstantStyler | None = None
-        self._failure: str | None = None
-        self._lock = threading.Lock()
-
-    def styler(self) -> InstantStyler:
-        """Load on first use (in a worker thread); a load that failed is not retried (503 with the reason)."""
-        with self._lock:
-            if self._styler is None and self._failure is None:
-                s = self.settings
-                try:
-                    self._styler = InstantStyler.load(
-                        [s.weights_dir, s.style_vgg_weights.parent],
-                        [s.style_vgg_weights, s.weights_dir / "vgg19_features_0-16.pth",
-                         s.style_vgg_weights.parent / "vgg19_features_0-16.pth"],
-                        resolve_device(s.device), s.instant_style_precision)
-                except InstantUnavailable as exc:
-                    self._failure = str(exc)
-                except Exception as exc:  # a corrupt file: torch raises several types
-                    logger.exception("instant style could not load")
-                    self._failure = f"the style decoder could not be loaded ({type(exc).__name__}: {exc})"
-            if self._styler is None:
-                raise ServiceUnavailable(f"instant style is unavailable: {self._failure}")
-            return self._styler
-
-    def retry_after_s(self) -> int:
-        typical = sorted(self.recent_s)[len(self.recent_s) // 2] if self.recent_s else 1.0
-        return max(1, math.ceil(typical * (self.admitted + 1) / self.concurrency))
-
-    def record(self, seconds: float) -> None:
-        self.recent_s = (self.recent_s + [seconds])[-20:]
-
-
-def instant_state(request: Request) -> InstantState:
-    state = getattr(request.app.state, "instant_style", None)
-    if state is None:
-        state = request.app.state.instant_style = InstantState(request.app.state.settings)
-    return state
-
-
-def _default_size(request: Request, settings: Settings) -> int:
-    service = getattr(request.app.state, "style_service", None)
-    if service is not None:
-        return service.default_size
+def _default_size(style: StyleState, settings: Settings) -> int:
+    if style.service is not None:
+        return style.service.default_size
     if settings.style_default_size:
         return settings.style_default_size
     return DEFAULT_SIZE_CUDA if str(resolve_device(settings.device)).startswith("cuda") else DEFAULT_SIZE_CPU
@@ -145,12 +94,13 @@ def parse_alpha(items: list[tuple[str, Any]]) -> float:
                         **style_errors(400, 413, 415, 422, 503),
                         429: style_errors(429)[429] | {"description": "INSTANT_STYLE_CONCURRENCY requests are "
                                                        "running and INSTANT_STYLE_QUEUE waiting (Retry-After)"}})
-async def instant(request: Request, settings: SettingsDep, limiter: DecodeLimiterDep) -> Response:
+async def instant(request: Request, app_style: StyleStateDep, settings: SettingsDep,
+                  limiter: DecodeLimiterDep) -> Response:
     async with style_form(request, KNOWN_FIELDS, ACCEPTED) as items:
         content, styles = await read_files(items)
     alpha = parse_alpha(items)
     params, options = parse_options([(k, v) for k, v in items if k not in INSTANT_FIELDS], styles,
-                                    _default_size(request, settings))
+                                    _default_size(app_style, settings))
     size = params["size"]
 
     async def decode(field: str, data: bytes, at_least: int) -> Image.Image:
@@ -169,7 +119,7 @@ async def instant(request: Request, settings: SettingsDep, limiter: DecodeLimite
             uploads[index] = await decode(field, style["data"], math.ceil(size * params["style_scale"]))
             _check_shape(field, uploads[index].size, size, params["style_scale"])
 
-    state = instant_state(request)
+    state = app_style.instant
     if state.admitted >= state.concurrency + state.queue:
         raise APIError(f"instant style is busy ({state.concurrency} running, {state.queue} waiting; "
                        "INSTANT_STYLE_CONCURRENCY, INSTANT_STYLE_QUEUE); retry shortly", 429,
