@@ -49,7 +49,7 @@ class SQLiteBackend:
         """Whatever is still stored for the job (nothing, once it is gone)."""
         found = [f"row {job_id}"] if self.store._conn.execute(
             "SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() else []
-        return found + [str(p) for p in [self.store.files_dir / job_id] if p.exists()]
+        return found + [str(p) for p in [self.store.files.root / job_id] if p.exists()]
 
     def another(self) -> JobStore:
         """A second handle on the same store, as another process would open it."""

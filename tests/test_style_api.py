@@ -114,7 +114,7 @@ def test_submit_run_and_fetch_the_result(client):
     assert events[-1][0] == "status" and events[-1][1]["status"] == "succeeded"
 
     # DELETE of a finished job removes the record and the files
-    folder = style_state(client.app).service.store.job_dir(job["id"])
+    folder = style_state(client.app).service.store.files.job_dir(job["id"])
     assert (folder / "result.png").is_file()
     assert client.delete(f"/v1/style/jobs/{job['id']}").status_code == 204
     assert client.get(f"/v1/style/jobs/{job['id']}").status_code == 404

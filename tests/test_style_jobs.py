@@ -31,13 +31,13 @@ def test_one_sqlite_file_in_wal_mode(store, tmp_path):
 
 def test_submit_writes_the_inputs_into_the_job_folder(store):
     job = submit(store)
-    folder = store.job_dir(job.id)
+    folder = store.files.job_dir(job.id)
     assert (folder / "content.png").read_bytes() == b"content-bytes"
     assert (folder / "style_0.png").read_bytes() == b"style-bytes"
     assert sorted(p.name for p in folder.iterdir()) == ["content.png", "style_0.png"]  # no temp file left
     with pytest.raises(QueueFull):
         submit(store, max_queued=1)
-    assert [p.name for p in store.files_dir.iterdir()] == [job.id]  # the refused job's folder was removed
+    assert [p.name for p in store.files.root.iterdir()] == [job.id]  # the refused job's folder was removed
 
 
 def test_claim_is_oldest_first_and_positions_follow(store):

@@ -1,6 +1,6 @@
 """The embedded job store: one SQLite file in WAL mode (DATA_DIR/jobs.sqlite3), short transactions, one connection
-per thread and process; each job's files (the uploads, the latest preview, the result) in DATA_DIR/jobs/<id>/,
-written atomically (temp file + rename).
+per thread and process (app/style/sqlite_connections.py); each job's files in DATA_DIR/jobs/<id>/
+(app/style/job_files.py).
 
 * A worker claim()s the oldest queued job in one IMMEDIATE transaction, so two workers never get the same job.
 * recover_orphans()/recover_worker(): a job left running by a dead process is re-queued (keeping its place)
@@ -9,19 +9,17 @@ written atomically (temp file + rename).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
-import threading
 from pathlib import Path
 
 from app.style.eta import StepTimes
+from app.style.job_files import JobFiles
 from app.style.jobs import (
-    BUSY_TIMEOUT_S, CANCELLED, DB_NAME, DEFAULT_MAX_ATTEMPTS, FAILED, FINISHED, JOBS_DIRNAME, ORPHAN_DIR_AGE_S,
+    BUSY_TIMEOUT_S, CANCELLED, DB_NAME, DEFAULT_MAX_ATTEMPTS, FAILED, FINISHED, JOBS_DIRNAME,
     PREVIEW_FILE, QUEUED, RESULT_FILE, RUNNING, SERVER_STOPPED, STATUSES, SUCCEEDED, WORKER_DIED, Job, QueueFull,
     job_inputs, new_job_id, now,
 )
+from app.style.sqlite_connections import ThreadConnections
 
 
 _SCHEMA = """
@@ -56,48 +54,15 @@ _COLUMNS = ("seq, id, status, params, inputs, created_at, started_at, finished_a
             "attempts, cancel_requested, worker, has_preview, owner")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync-free, then rename over `path` (readers never see a part)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_os_error():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress_os_error:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, OSError)
-
-
-class _suppress_sqlite_error:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, sqlite3.Error)
-
-
 class SQLiteJobStore:
     """The embedded default: one SQLite file in WAL mode, short transactions, one connection per thread/process."""
 
     def __init__(self, data_dir: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
         self.data_dir = Path(data_dir)
-        self.db_path = self.data_dir / DB_NAME
-        self.files_dir = self.data_dir / JOBS_DIRNAME
         self.max_attempts = max_attempts
-        self.files_dir.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []  # every thread's connection, closed together by close()
-        self._opened_lock = threading.Lock()
-        conn = self._connect_new()
+        self.files = JobFiles(self.data_dir / JOBS_DIRNAME)
+        self.db = ThreadConnections(self.data_dir / DB_NAME, BUSY_TIMEOUT_S)
+        conn = self.db.connect_new()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
@@ -108,54 +73,19 @@ class SQLiteJobStore:
         finally:
             conn.close()
 
-    # ------------------------------------------------------------------ connections
-
-    def _connect_new(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commits only
-        conn.row_factory = sqlite3.Row
-        return conn
-
     @property
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = self._local.conn = self._connect_new()
-            self._local.pid = os.getpid()
-            with self._opened_lock:
-                self._opened.append(conn)
-        return conn
-
-    def close(self) -> None:
-        """Close every connection this store opened (in any thread); a later call opens a new one."""
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            with _suppress_sqlite_error():
-                conn.close()
-        self._local = threading.local()
+        return self.db.conn
 
     def _write(self):
-        """A short IMMEDIATE transaction (takes the write lock at once, so read-then-write is atomic)."""
-        return _Transaction(self._conn)
+        return self.db.write()
 
-    # ------------------------------------------------------------------ files
-
-    def job_dir(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            raise ValueError(f"bad job id {job_id!r}")
-        return self.files_dir / job_id
+    def close(self) -> None:
+        self.db.close()
 
     def read_file(self, job_id: str, name: str) -> bytes | None:
         """One of a job's files (an input, the preview, the result); None when it is not there."""
-        try:
-            return (self.job_dir(job_id) / name).read_bytes()
-        except (OSError, ValueError):
-            return None
-
-    def _remove_files(self, job_id: str) -> None:
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        return self.files.read(job_id, name)
 
     # ------------------------------------------------------------------ rows
 
@@ -185,13 +115,8 @@ class SQLiteJobStore:
 
         `content` is (filename, bytes); each style is {"preset": name} or {"file": filename, "data": bytes}."""
         job_id = job_id or new_job_id()
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True)
+        self.files.write_inputs(job_id, content, styles)
         try:
-            atomic_write(folder / content[0], content[1])
-            for style in styles:
-                if "data" in style:
-                    atomic_write(folder / style["file"], style["data"])
             inputs = job_inputs(content, styles, content_size)
             with self._write() as conn:
                 queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
@@ -209,7 +134,7 @@ class SQLiteJobStore:
                 row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 return self._with_position(self._row_to_job(row), conn)
         except BaseException:
-            self._remove_files(job_id)
+            self.files.remove(job_id)
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -258,7 +183,7 @@ class SQLiteJobStore:
             if row["status"] not in FINISHED:
                 raise ValueError(f"job {job_id} is {row['status']}; cancel it first")
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        self._remove_files(job_id)
+        self.files.remove(job_id)
         return True
 
     def mean_run_seconds(self, last: int = 20) -> float | None:
@@ -333,7 +258,7 @@ class SQLiteJobStore:
                         preview_png: bytes | None = None, worker: str | None = None) -> bool:
         """False when the job is no longer this worker's running job (cancelled meanwhile): stop."""
         if preview_png is not None:
-            if self.should_stop(job_id, worker) or not self._write_running_file(job_id, PREVIEW_FILE, preview_png):
+            if self.should_stop(job_id, worker) or not self.files.write_running(job_id, PREVIEW_FILE, preview_png):
                 return False
         where, extra = self._owned(worker)
         with self._write() as conn:
@@ -346,7 +271,7 @@ class SQLiteJobStore:
     def finish(self, job_id: str, result_png: bytes, losses: dict | None = None,
                worker: str | None = None) -> bool:
         """Store the result and mark the job succeeded; False (result discarded) when it was cancelled meanwhile."""
-        if self.should_stop(job_id, worker) or not self._write_running_file(job_id, RESULT_FILE, result_png):
+        if self.should_stop(job_id, worker) or not self.files.write_running(job_id, RESULT_FILE, result_png):
             return False
         where, extra = self._owned(worker)
         with self._write() as conn:
@@ -355,8 +280,7 @@ class SQLiteJobStore:
                 f"error = NULL WHERE {where}",
                 (SUCCEEDED, now(), json.dumps(losses) if losses is not None else None, job_id, *extra))
         if cursor.rowcount != 1:
-            with _suppress_os_error():
-                (self.job_dir(job_id) / RESULT_FILE).unlink()
+            self.files.unlink(job_id, RESULT_FILE)
             return False
         return True
 
@@ -388,20 +312,8 @@ class SQLiteJobStore:
                 f"UPDATE jobs SET status = 'queued', started_at = NULL, worker = NULL, step = 0, losses = NULL, "
                 f"has_preview = 0, attempts = MAX(attempts - 1, 0) WHERE {where}", args)
         for released in ids:
-            self._remove_preview(released)
+            self.files.unlink(released, PREVIEW_FILE)
         return ids
-
-    def _write_running_file(self, job_id: str, name: str, data: bytes) -> bool:
-        """Write a file of a running job; False when its folder is gone (deleted meanwhile)."""
-        try:
-            atomic_write(self.job_dir(job_id) / name, data)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def _remove_preview(self, job_id: str) -> None:
-        with _suppress_os_error():
-            (self.job_dir(job_id) / PREVIEW_FILE).unlink()
 
     # ------------------------------------------------------------------ recovery and retention
 
@@ -434,7 +346,7 @@ class SQLiteJobStore:
                 f"SELECT {_COLUMNS} FROM jobs WHERE seq IN ({','.join('?' * len(seqs))})", seqs).fetchall()] \
                 if seqs else []
         for job in recovered:
-            self._remove_preview(job.id)
+            self.files.unlink(job.id, PREVIEW_FILE)
         return recovered
 
     def cleanup(self, ttl_s: float) -> int:
@@ -445,32 +357,6 @@ class SQLiteJobStore:
                 "SELECT id FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ?", (*FINISHED, cutoff)).fetchall()]
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
         for job_id in ids:
-            self._remove_files(job_id)
-        self._remove_stray_dirs()
+            self.files.remove(job_id)
+        self.files.remove_strays(lambda: {r[0] for r in self._conn.execute("SELECT id FROM jobs").fetchall()})
         return len(ids)
-
-    def _remove_stray_dirs(self) -> None:
-        try:
-            folders = [p for p in self.files_dir.iterdir() if p.is_dir()]
-        except OSError:
-            return
-        if not folders:
-            return
-        known = {r[0] for r in self._conn.execute("SELECT id FROM jobs").fetchall()}
-        limit = now() - ORPHAN_DIR_AGE_S
-        for folder in folders:
-            with _suppress_os_error():
-                if folder.name not in known and folder.stat().st_mtime < limit:
-                    shutil.rmtree(folder, ignore_errors=True)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, kind, exc, tb) -> None:
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
