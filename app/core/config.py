@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-API_PREFIX = "/v1"  # every versioned route: mounted once (app/main.py), protected by API_KEYS (app/core/security.py)
+API_PREFIX = "/v1"  # every versioned route: applied by app.api.routes.versioned_router, protected by API_KEYS
 V2_PREFIX = "/v2"  # the Open Inference Protocol (app/api/v2/): its errors are {"error": ...}, not {"detail": ...}
 V2_HEALTH_PREFIX = f"{V2_PREFIX}/health"  # its liveness and readiness probes, open like /healthz and /readyz
 

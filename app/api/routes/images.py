@@ -8,7 +8,8 @@ from starlette.datastructures import UploadFile
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, ImagePayload, PredictionResponse, error_responses
-from app.core.config import API_PREFIX, Settings
+from app.api.routes import versioned_router
+from app.core.config import Settings
 from app.api.timed_route import TimedRoute
 from app.core.errors import Unprocessable
 from app.serving.registry import ServedModel
@@ -30,7 +31,7 @@ IMAGE_REQUEST_BODY = {
 
 
 def image_router(task: str, what: str) -> APIRouter:
-    router = APIRouter(prefix=f"{API_PREFIX}/{task}", tags=[task], route_class=TimedRoute)
+    router = versioned_router(task, tags=[task], route_class=TimedRoute)
     served_model = served_model_for(task)
 
     @router.post(

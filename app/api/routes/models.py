@@ -1,11 +1,10 @@
 """What is being served: the manifest's models with their metrics and provenance."""
-from fastapi import APIRouter
 
-from app.core.config import API_PREFIX
+from app.api.routes import versioned_router
 from app.api.deps import RegistryDep
 from app.api.schemas import ModelInfo, ModelList, error_responses
 
-router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"])
+router = versioned_router("models", tags=["models"])
 
 
 def _describe(registry, name: str) -> dict:

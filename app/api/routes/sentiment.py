@@ -2,13 +2,14 @@
 import codecs
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import DecodeLimiterDep, SettingsDep, TopKQuery, checked_top_k, served_model_for
 from app.api.inference import Inputs, media_type, parse_body, payload_inputs, predict_all, unsupported
 from app.api.schemas import BatchPredictionResponse, PredictionResponse, TextPayload, error_responses
-from app.core.config import API_PREFIX, Settings
+from app.api.routes import versioned_router
+from app.core.config import Settings
 from app.api.timed_route import TimedRoute
 from app.core.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 from app.serving.registry import ServedModel
@@ -29,7 +30,7 @@ TEXT_REQUEST_BODY = {
     },
 }
 
-router = APIRouter(prefix=f"{API_PREFIX}/{TASK}", tags=[TASK], route_class=TimedRoute)
+router = versioned_router(TASK, tags=[TASK], route_class=TimedRoute)
 
 
 @router.post(

@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
+
+from app.api.routes import versioned_router
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -12,12 +14,12 @@ from pydantic import ValidationError
 from app.api.deps import SettingsDep
 from app.core.errors import NotFound, ServiceUnavailable
 from app.style import presets
-from app.style.api.deps import PREFIX, ServiceDep, base_url, eta_board_now
+from app.style.api.deps import RESOURCE, ServiceDep, base_url, eta_board_now
 from app.style.api.form import FORM_OPTIONS, check_cost, invalid_field, option_limits, option_type, preset_names
 from app.style.api.schemas import PresetList, StyleEstimate, StyleOptions, style_errors
 from app.style.options import MAX_STYLES, StyleParams
 
-router = APIRouter(prefix=PREFIX, tags=["style"])
+router = versioned_router(RESOURCE, tags=["style"])
 
 
 # --------------------------------------------------------------------------------------------- presets

@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
-from app.core.config import API_PREFIX
+from app.api.routes import versioned_path
 from app.api.deps import started
 from app.core.errors import NotFound
 from app.core.security import Caller, caller_of
@@ -18,7 +18,8 @@ from app.style.service import StyleBackend
 from app.style.state import StyleState, style_state
 
 logger = logging.getLogger("app.style")
-PREFIX = f"{API_PREFIX}/style"
+RESOURCE = "style"
+PREFIX = versioned_path(RESOURCE)  # the links in job views; the routers are versioned_router(RESOURCE)
 
 
 async def get_style_state(request: Request) -> StyleState:

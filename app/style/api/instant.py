@@ -15,7 +15,9 @@ import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import Request
+
+from app.api.routes import versioned_router
 from fastapi.responses import Response
 from PIL import Image
 
@@ -26,7 +28,7 @@ from app.core.errors import APIError
 from app.preprocessing.errors import InputError
 from app.preprocessing.decoding import open_image
 from app.serving.loading import resolve_device
-from app.style.api.deps import PREFIX, StyleStateDep
+from app.style.api.deps import RESOURCE, StyleStateDep
 from app.style.api.form import (FILE_FIELDS, LIST_FIELDS, OPTION_FIELDS, invalid_field, parse_options, read_files,
                                 style_form)
 from app.style.api.schemas import JOB_REQUEST_BODY, style_errors
@@ -34,7 +36,7 @@ from app.style.state import InstantState, StyleState
 from app.style.options import DEFAULT_SIZE_CPU, DEFAULT_SIZE_CUDA, too_thin
 
 logger = logging.getLogger("app.style")
-router = APIRouter(prefix=PREFIX, tags=["style"])
+router = versioned_router(RESOURCE, tags=["style"])
 
 INSTANT_FIELDS = ("alpha",)
 KNOWN_FIELDS = (*FILE_FIELDS, "style_preset", *OPTION_FIELDS, *LIST_FIELDS, *INSTANT_FIELDS)

@@ -12,7 +12,9 @@ from contextlib import suppress
 import anyio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
+
+from app.api.routes import versioned_router
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.deps import DecodeLimiterDep, SettingsDep
@@ -22,7 +24,7 @@ from app.core.errors import APIError, NotFound
 from app.preprocessing.errors import InputError
 from app.core.security import caller_of
 from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
-from app.style.api.deps import (PREFIX, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
+from app.style.api.deps import (RESOURCE, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
                                 visible_job)
 from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, invalid_field, parse_options,
                                 read_files, style_form)
@@ -35,7 +37,7 @@ from app.style.service import StyleBackend
 MAX_OFFSET = 1_000_000_000  # list offsets beyond SQLite's 64-bit integers used to be a 500
 SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 
-router = APIRouter(prefix=PREFIX, tags=["style"])
+router = versioned_router(RESOURCE, tags=["style"])
 
 
 # --------------------------------------------------------------------------------------------- submit
