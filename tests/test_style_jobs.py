@@ -113,3 +113,21 @@ def test_concurrent_claims_never_share_a_job(tmp_path):
         t.join(timeout=30)
     everything = [i for part in claimed for i in part]
     assert len(everything) == len(set(everything)) == 40 and set(everything) == ids
+
+
+def test_a_full_sqlite_database_is_recognised_by_its_error_code(tmp_path):
+    """The submit route answers 507 for a full data volume; SQLite says so by SQLITE_FULL, whatever its message."""
+    import sqlite3
+
+    from app.style.api.routes import _disk_full
+
+    conn = sqlite3.connect(tmp_path / "full.sqlite3")
+    conn.execute("CREATE TABLE t (data BLOB)")
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        conn.execute("INSERT INTO t VALUES (?)", (b"\0" * 100_000,))
+    assert _disk_full(full.value)
+    with pytest.raises(sqlite3.OperationalError) as other:
+        conn.execute("SELECT * FROM missing_table")
+    assert not _disk_full(other.value)
+    assert _disk_full(OSError(28, "No space left on device")) and not _disk_full(OSError(13, "Permission denied"))

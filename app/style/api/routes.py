@@ -114,7 +114,7 @@ def decoded_kind(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
 def _disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "disk is full" in str(exc)  # sqlite3: SQLITE_FULL
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def queue_full(service: StyleBackend, full: QueueFull) -> APIError:
