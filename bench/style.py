@@ -17,12 +17,26 @@
 
 Both (a) and (b) are scored with ONE yardstick: the tutorial's loss (same layers, weights, targets) evaluated on
 the final images as saved (8-bit RGB). Lower is better.
+
+Evaluations to the yardstick (issue 16: init=instant against init=content), a mode of its own:
+
+    python -m bench.style --evals-to-yardstick [--sizes 128 256] [--pairs chelsea:starry_night ...]
+                          [--max-steps 400] [--threads 1] [--out results.json]
+
+For each photo x painting x size and each init, the fewest `steps` (L-BFGS evaluations over all scales, the job
+option) for which a default job (seed 0) passes bench/style_yardstick.py's criterion, the one the tutorial's 300-step
+result is measured by: content ratio <= 0.6 ("photo kept") and style ratio <= 0.2 ("style arrived"). Found by
+doubling from 8 and then bisecting (each probe is a whole job of that many steps; a job with fewer steps also has a
+shorter coarse stage, so a probe is what a user asking for that many steps gets), to within 10 %. Also scored: the
+instant image alone and both inits at the default 250 steps (is the photo kept as well?).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -91,6 +105,179 @@ def yardstick(vgg: VGG19Features, image: Image.Image, content01: torch.Tensor, s
     return {"style": style_w, "content": content_w, "total": style_w + content_w}
 
 
+# (photo, painting) pairs of the evaluations-to-yardstick mode: every shipped photo, every preset twice
+DEFAULT_PAIRS = ("chelsea:starry_night", "chelsea:shipwreck", "coffee:the_scream", "coffee:udnie",
+                 "astronaut:starry_night", "astronaut:udnie", "rocket:shipwreck", "rocket:the_scream")
+# what is compared: name -> (init, coarse-to-fine schedule); the last runs every evaluation at full size (not what a
+# job does: measured to show what the coarse stage costs an instant start)
+VARIANTS = {"content": ("content", True), "instant": ("instant", True), "content_one_scale": ("content", False),
+            "instant_one_scale": ("instant", False)}
+SEARCH_START = 8  # steps of the first probe
+SEARCH_PRECISION = 0.05  # bisect until the bracket is within 5 % (or exact below 20 steps)
+
+
+def _style_file(name: str) -> Path:
+    found = sorted((ROOT / "data/style").glob(f"{name}.*"))
+    if not found:
+        raise SystemExit(f"no data/style/{name}.* (photos and paintings are looked up there)")
+    return found[0]
+
+
+def fewest_steps(passes, max_steps: int) -> tuple[int | None, dict[int, object]]:
+    """The fewest steps n (1..max_steps) with passes(n).passed, by doubling from SEARCH_START then bisecting
+    (assumes more steps do not fail once fewer pass); returns (n or None when max_steps fails, every probe)."""
+    probes: dict[int, object] = {}
+
+    def probe(n: int):
+        if n not in probes:
+            probes[n] = passes(n)
+        return probes[n].passed
+
+    lo, hi = 0, None  # lo fails (0: nothing run), hi passes
+    n = min(SEARCH_START, max_steps)
+    if probe(n):
+        hi = n
+    else:
+        lo = n
+        while hi is None:
+            if n >= max_steps:
+                return None, probes
+            n = min(2 * n, max_steps)
+            if probe(n):
+                hi = n
+            else:
+                lo = n
+    while hi - lo > max(1, SEARCH_PRECISION * hi):  # lo fails (or is 0), hi passes
+        mid = (lo + hi) // 2
+        if probe(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, probes
+
+
+def evals_to_yardstick(engine: StyleEngine, pairs: list[tuple[str, str]], sizes: list[int], max_steps: int,
+                       final_steps: int | None) -> list[dict]:
+    """The evaluations-to-yardstick mode (see the module's docstring); one row per pair and size."""
+    from bench.style_yardstick import Yardstick
+
+    yardstick = Yardstick(engine.vgg, engine.device)
+    rows = []
+    for size in sizes:
+        for photo_name, painting_name in pairs:
+            photo = Image.open(_style_file(photo_name)).convert("RGB")
+            painting = Image.open(_style_file(painting_name)).convert("RGB")
+            row: dict = {"photo": photo_name, "painting": painting_name, "size": size}
+            styler = engine.instant_styler()
+            instant = styler.stylise(photo, [styler.upload_stats(painting, size)], [1.0], size)
+            row["instant_alone"] = _ratios(yardstick.score(instant, photo, painting, size))
+            for name, (init, coarse_to_fine) in VARIANTS.items():
+                start = time.perf_counter()
+
+                def passes(steps: int, init=init, coarse_to_fine=coarse_to_fine):
+                    began = time.perf_counter()
+                    image = engine.run(photo, [painting], StyleParams(size=size, steps=steps, seed=0, init=init),
+                                       coarse_to_fine=coarse_to_fine)
+                    score = yardstick.score(image, photo, painting, size)
+                    return _Probe(score, time.perf_counter() - began)
+
+                steps, probes = fewest_steps(passes, max_steps)
+                cell = {"steps": steps, "probes": {n: pr.as_dict() for n, pr in sorted(probes.items())}}
+                if steps is not None:
+                    cell["at_steps"] = cell["probes"][steps]
+                if final_steps and coarse_to_fine:
+                    cell["final"] = {"steps": final_steps, **passes(final_steps).as_dict()}
+                cell["seconds"] = round(time.perf_counter() - start, 1)
+                row[name] = cell
+            c = row["content"]["steps"]
+            for name in VARIANTS:
+                if name != "content":
+                    n = row[name]["steps"]
+                    row[f"ratio_{name}"] = round(n / c, 3) if c and n else None
+            row["ratio"] = row["ratio_instant"]
+            c1, i1 = row["content_one_scale"]["steps"], row["instant_one_scale"]["steps"]
+            row["ratio_one_scale"] = round(i1 / c1, 3) if c1 and i1 else None  # both at full size throughout
+            rows.append(row)
+            print(_evals_line(row), flush=True)
+    return rows
+
+
+def _ratios(score) -> dict:
+    return {"content_ratio": round(score.content_ratio, 4), "style_ratio": round(score.style_ratio, 4),
+            "passed": score.passed}
+
+
+@dataclass
+class _Probe:
+    """One job of the search: its yardstick score and wall time."""
+    score: object
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.score.passed
+
+    def as_dict(self) -> dict:
+        return {**_ratios(self.score), "seconds": round(self.seconds, 2)}
+
+
+def _evals_line(row: dict) -> str:
+    def cell(c: dict) -> str:
+        if c["steps"] is None:
+            return f"{'>max':>5} {'':22}"
+        a = c["at_steps"]
+        return f"{c['steps']:4d} ({a['content_ratio']:.2f} / {a['style_ratio']:.3f}, {a['seconds']:5.1f} s)"
+
+    def final(c: dict) -> str:
+        f = c.get("final")
+        return f"{f['content_ratio']:.2f} / {f['style_ratio']:.3f}" if f else "-"
+
+    def ratio(name: str) -> str:
+        value = row[f"ratio_{name}"]
+        return f"{value:.2f}" if value is not None else "-"
+    alone = row["instant_alone"]
+    return (f"{row['photo'] + ' x ' + row['painting']:24s} {row['size']:4d} | content {cell(row['content'])} | "
+            f"instant {cell(row['instant'])} ratio {ratio('instant'):>4} | one scale: content "
+            f"{cell(row['content_one_scale'])} instant {cell(row['instant_one_scale'])} ratio "
+            f"{ratio('one_scale'):>4} | alone "
+            f"{alone['content_ratio']:.2f} / {alone['style_ratio']:.3f} | at {row['content'].get('final', {}).get('steps', '-')}"
+            f": content {final(row['content'])}, instant {final(row['instant'])}")
+
+
+def evals_main(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = StyleEngine(args.weights, args.device)
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    warm = Image.open(_style_file(pairs[0][0])).convert("RGB"), Image.open(_style_file(pairs[0][1])).convert("RGB")
+    engine.run(warm[0], [warm[1]], StyleParams(size=64, steps=3, init="instant", seed=0))  # first-call costs
+    print(f"device {args.device}, {torch.get_num_threads()} threads, precision {engine.precision}; fewest steps "
+          f"to pass the yardstick (content <= 0.6, style <= 0.2; seed 0), (content / style ratios there); ratio = "
+          "instant / content (seconds: that job's wall time); one scale = every evaluation at full size (not a "
+          "job's schedule); alone = the instant image; at N = both inits at N steps", flush=True)
+    rows = evals_to_yardstick(engine, pairs, args.sizes, args.max_steps, args.final_steps)
+    summary = []
+    for size in args.sizes:
+        for name in ("instant", "one_scale"):  # instant / content (a job's schedule); the same, both at one scale
+            ratios = sorted(r[f"ratio_{name}"] for r in rows if r["size"] == size and r[f"ratio_{name}"] is not None)
+            if not ratios:
+                continue
+            fewer = sum(1 for x in ratios if x < 1)
+            worse = sum(1 for x in ratios if x > 1)
+            median = statistics.median(ratios)
+            summary.append({"size": size, "variant": name, "pairs": len(ratios), "fewer": fewer, "more": worse,
+                            "median_ratio": round(median, 3)})
+            what = "init=instant" if name == "instant" else "init=instant at one scale"
+            print(f"{size} px, {what}: fewer evaluations than init=content{' at one scale' * (name != 'instant')} on "
+                  f"{fewer} / {len(ratios)} pairs, more on {worse}; median ratio {median:.2f}", flush=True)
+    result = {"device": args.device, "threads": torch.get_num_threads(), "precision": engine.precision,
+              "rows": rows, "summary": summary}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256)
@@ -99,8 +286,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--style", type=Path, default=ROOT / "data/style/starry_night.jpg")
     parser.add_argument("--weights", type=Path, default=ROOT / "weights/vgg19_features_0-16.pth")
     parser.add_argument("--steps", type=int, default=None, help="our engine's steps (default: its default)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for both images and results.json")
+    parser.add_argument("--out", type=Path, default=None, help="folder for both images and results.json (with "
+                        "--evals-to-yardstick: the JSON file)")
+    parser.add_argument("--evals-to-yardstick", action="store_true", help="instead: the fewest steps to pass the "
+                        "yardstick from init=content and from init=instant, per pair and size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="(--evals-to-yardstick)")
+    parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="photo:painting names in "
+                        "data/style (--evals-to-yardstick)")
+    parser.add_argument("--max-steps", type=int, default=400, help="(--evals-to-yardstick) give up beyond")
+    parser.add_argument("--final-steps", type=int, default=250, help="(--evals-to-yardstick) also score both inits "
+                        "at this many steps (0: not)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.evals_to_yardstick:
+        return evals_main(args)
 
     device = torch.device(args.device)
     engine = StyleEngine(args.weights, device)

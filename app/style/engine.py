@@ -278,10 +278,12 @@ class StyleEngine:
 
     def run(self, content: Image.Image, styles: Sequence[Image.Image], params: StyleParams | None = None,
             on_progress: Callable[[ProgressInfo], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, relative: bool = True) -> Image.Image:
+            should_stop: Callable[[], bool] | None = None, relative: bool = True,
+            coarse_to_fine: bool = True) -> Image.Image:
         """Stylise `content` with `styles` (blended by params.style_weights); returns an RGB image whose longest
         side is params.size. Raises StyleCancelled when should_stop() turns True, ValueError on bad inputs.
-        relative=False uses the tutorial's absolute losses (weights then depend on the inputs; for benchmarks)."""
+        relative=False uses the tutorial's absolute losses (weights then depend on the inputs; for benchmarks);
+        coarse_to_fine=False runs every evaluation at full size (for benchmarks: jobs always use `schedule`)."""
         params = params or StyleParams()
         styles = list(styles)
         blend = params.blend(len(styles))
@@ -297,7 +299,7 @@ class StyleEngine:
         if problem:
             raise StyleInputError(problem)
         out_w, out_h = fit_size(*content.size, size)
-        stages = schedule(size, params.steps)
+        stages = schedule(size, params.steps) if coarse_to_fine else [(size, params.steps)]
         total = sum(n for _, n in stages)
         seed = params.seed if params.seed is not None else random.randrange(2**63)
         generator = torch.Generator().manual_seed(seed)
