@@ -8,6 +8,7 @@ import torch
 
 from models.decoder import StyleDecoder
 from training import decoder as script
+from training import decoder_data
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG = ROOT / "weights" / "vgg19_features_0-16.pth"
@@ -33,8 +34,8 @@ def test_smoke_run_writes_weights_and_the_asset_entry(tmp_path):
 
 
 def test_a_missing_source_says_what_to_do(monkeypatch, tmp_path):
-    monkeypatch.setattr(script, "PLASMA_DIR", tmp_path / "none")
-    monkeypatch.setattr(script, "GNOME_DIR", tmp_path / "none")
+    monkeypatch.setattr(decoder_data, "PLASMA_DIR", tmp_path / "none")
+    monkeypatch.setattr(decoder_data, "GNOME_DIR", tmp_path / "none")
     with pytest.raises(SystemExit, match="apt-get install plasma-workspace-wallpapers gnome-backgrounds"):
         script.load_training_set(["wallpapers"], tmp_path)
     with pytest.raises(SystemExit, match="cifar10_subset.npz not found"):
