@@ -27,11 +27,11 @@ ECE_TARGET = 0.03
 CLASSIFIERS = ["digits-cnn", "digits-mlp", "objects-cnn", "sentiment-lstm"]
 MANIFEST = json.loads((WEIGHTS_DIR / "manifest.json").read_text())["models"]
 CALIBRATION_KEYS = {"method", "temperature", "split", "ece_before", "ece_after", "bins", "low_confidence_below"}
-# Models whose ECE misses the target, as strict xfails (they flip to failures when the target starts passing). None
-# today: objects-cnn, which trained on every labelled CIFAR image there is, is measured 2-fold cross-fitted on all
-# 1,017 test images (each half scored with the T fitted on the other), 0.026 with a noise floor of 0.022
-# (docs/calibration.md gives the spread over other cuts).
-TARGET_NOT_MET: dict[str, str] = {}
+# objects-cnn trained on every labelled CIFAR image there is, so its temperature is fitted on one half of the test
+# subset and its ECE measured on the other 510 images. No temperature reaches 0.03 there (the best, fitted on that
+# half itself, gives 0.039; a perfectly calibrated model would show ~0.032 on so few images). docs/calibration.md.
+TARGET_NOT_MET = {"objects-cnn": "ECE on the 510-image test half B is above 0.03, as is its noise floor: needs a "
+                                 "held-out train slice (retrain with --limit 7068); see docs/calibration.md"}
 
 
 @pytest.fixture(scope="module")
