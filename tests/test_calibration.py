@@ -98,8 +98,6 @@ def test_served_ece_is_the_manifest_figure(real_client, name):
     # the calibration images: digits until they are retrained) need not.
     block = calibration(name)
     assert served_ece(real_client, name) < block["ece_before"] or "PROVISIONAL" in block["split"]
-    if "cross_fit" in block:  # the served T's own figure on the images it was fitted on, reported beside it
-        assert _in_sample[name] == pytest.approx(block["cross_fit"]["ece_served_in_sample"], abs=0.002)
 
 
 @pytest.mark.real_weights
