@@ -23,6 +23,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The code runs from /app (not installed): app/core/config.py resolves weights/ and data/style/ from here.
 COPY models ./models
+COPY preprocessing ./preprocessing
 COPY app ./app
 # Weights are baked in (37 MB, checksummed by weights/manifest.json); the style presets are the paintings in data/style/.
 COPY weights ./weights

@@ -58,6 +58,8 @@ train: install
 	$(BIN)/python -m training.digits
 	$(BIN)/python -m training.objects
 	$(BIN)/python -m training.sentiment
+	$(BIN)/python -m training.calibrate
+	$(BIN)/python -m app.serving.onnx_export
 
 evaluate: install
 	$(BIN)/python -m training.evaluate

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from app.preprocessing.decoding import open_image
+from preprocessing.decoding import open_image
 from app.style import presets
 from app.style.engine import StyleEngine
 from app.style.instant import InstantStyler

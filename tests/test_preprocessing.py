@@ -1,4 +1,4 @@
-"""app.preprocessing (decoding, digits, objects): decoding limits, MNIST-style digit framing, CIFAR-style object input.
+"""preprocessing (decoding, digits, objects): decoding limits, MNIST-style digit framing, CIFAR-style object input.
 
 Ground truth for the digit pipeline is the official MNIST test set shipped in data/heldout/mnist-test.npz:
 digits re-rendered the way people send them (photo of paper, chalk board, transparent canvas, 16-bit scan,
@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFile
 
-from app.preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
-from app.preprocessing.decoding import decode_base64_image, open_image
-from app.preprocessing.digits import digit_tensor, mnist_normalise, to_ink
-from app.preprocessing.objects import normalise_cifar_uint8, object_tensor
+from preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
+from preprocessing.decoding import decode_base64_image, open_image
+from preprocessing.digits import digit_tensor, mnist_normalise, to_ink
+from preprocessing.objects import normalise_cifar_uint8, object_tensor
 from models.digits import MNIST_MEAN, MNIST_STD
 from models.objects import CIFAR_MEAN, CIFAR_STD
 
@@ -271,7 +271,7 @@ def test_mnist_normalise_fits_a_20px_box_keeping_aspect_ratio():
 def test_marker_strokes_are_narrowed_and_hairlines_widened_to_mnist_widths(mnist_digits):
     """A digit drawn with a marker (4 px of the 20 px box) or a hairline pen (0.5 px) comes out with strokes in
     MNIST's own range (median 1.8 px, 5th-97th percentile 1.2-3.0 px)."""
-    from app.preprocessing.digits import _stroke_width
+    from preprocessing.digits import _stroke_width
     from bench.digit_renderings import reweighted
     for pen in (4.0, 0.5):
         widths = [_stroke_width(mnist_normalise(reweighted(upscaled(digit, 8), pen)) > 0.5) for digit in mnist_digits]

@@ -13,7 +13,7 @@ from PIL import Image
 from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
-from app.serving.loading import sha256_of
+from models.checkpoints import sha256_of
 from app.style.engine import ProgressInfo, StyleCancelled, StyleDiverged, StyleEngine, gram, pil_to_tensor, rgb_to_ycbcr
 from app.style.options import StyleInputError, StyleParams, schedule
 from app.style.presets import PRESETS, list_presets, preset_path

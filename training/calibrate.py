@@ -12,7 +12,9 @@ server divides the logits by T before the softmax; the argmax, and so the accura
 Calibration splits (see docs/calibration.md):
   digits     MNIST train images 55000..59999 (the digits models train on the first 55,000 only)
   objects    CIFAR-10 subset train images [train_size:] when the model left some out; otherwise (today: all
-             8,068 used) one class-stratified half of the 1,017 test images, the ECE then on the other half
+             8,068 used) the 1,017 test images: the served T is fitted on all of them, and the ECE is 2-fold
+             cross-fitted (T fitted on one class-stratified half scores the other, both ways, the 1,017 out-of-fold
+             scores pooled), so no figure is measured on the images its T was fitted on
   sentiment  rt-polarity sentences (Pang & Lee) that are SST-2 *test* sentences: never trained on, not SST-2 dev
 
 Only the `calibration` key of each named model's manifest entry is written; everything else is left as it is.
@@ -28,7 +30,8 @@ import torch
 
 from models.sentiment import pad_batch, tokenize
 from training import digits, objects
-from training.common import HELDOUT_DIR, WEIGHTS_DIR, default_data_dir, pick_device, seed_everything
+from models.checkpoints import auto_device
+from training.common import HELDOUT_DIR, WEIGHTS_DIR, default_data_dir, seed_everything
 from training.data import load_cifar_subset, load_heldout, load_mnist, load_sst2
 from training.evaluate import load_model
 
@@ -230,14 +233,16 @@ def splits(entry: dict, data_dir: Path, heldout_dir: Path, device, seed: int) ->
                         split=f"CIFAR-10 subset train images {train_size}..{CIFAR_TRAIN_SIZE - 1}, left out of "
                               f"training",
                         ece_split=f"CIFAR-10 subset test ({len(test['y']):,})")
-        cal_idx, ece_idx = stratified_halves(test["y"], seed)
-        return dict(cal=(test_logits[cal_idx], test["y"][cal_idx]),
-                    test=(test_logits[ece_idx], test["y"][ece_idx]), all_test=(test_logits, test["y"]),
-                    split_seed=seed,
-                    split=f"CIFAR-10 subset test, class-stratified half A ({len(cal_idx)} images, seed {seed}): "
-                          f"the model trained on all {CIFAR_TRAIN_SIZE:,} train images, so no other labelled "
-                          f"image is unseen",
-                    ece_split=f"CIFAR-10 subset test, the other half B ({len(ece_idx)} images)")
+        half_a, half_b = stratified_halves(test["y"], seed)
+        return dict(cal=(test_logits, test["y"]), test=(test_logits, test["y"]), cross_fit=(half_a, half_b),
+                    all_test=(test_logits, test["y"]), split_seed=seed,
+                    split=f"CIFAR-10 subset test, all {len(test['y']):,} images (the served T is fitted on the test "
+                          f"set itself: the model trained on all {CIFAR_TRAIN_SIZE:,} train images, so no other "
+                          f"labelled image is unseen); the ECE figures are 2-fold cross-fitted, never in-sample: "
+                          f"T fitted on class-stratified half A ({len(half_a)} images, seed {seed}) scores half B "
+                          f"({len(half_b)}), T fitted on B scores A",
+                    ece_split=f"CIFAR-10 subset test ({len(test['y']):,}), out of fold: each half scored with the "
+                              f"T fitted on the other half, the {len(test['y']):,} scores pooled")
     if task == "sentiment":
         texts, labels = rt_polarity_sst2_test(data_dir)
         agree, found = rt_polarity_agreement_with_sst2_dev(data_dir)
@@ -255,11 +260,32 @@ def splits(entry: dict, data_dir: Path, heldout_dir: Path, device, seed: int) ->
 # ---------------------------------------------------------------------------------------------------------
 # One model, and the manifest
 
+def cross_fitted(logits: np.ndarray, labels: np.ndarray, folds: tuple[np.ndarray, ...]) -> tuple[np.ndarray, list]:
+    """Out-of-fold scores: each fold scored with the T fitted on the other folds; and those temperatures (rounded
+    as the manifest records them, so the scores can be recomputed from it)."""
+    probs, temperatures = np.empty(logits.shape, dtype=np.float64), []
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(len(labels)), fold)
+        temperatures.append(round(fit_temperature(logits[rest], labels[rest]), 4))
+        probs[fold] = softmax(logits[fold], temperatures[-1])
+    return probs, temperatures
+
+
+def out_of_fold_nll(logits: np.ndarray, labels: np.ndarray, folds, temperatures) -> float:
+    return float(sum(len(f) * nll(logits[f], labels[f], t) for f, t in zip(folds, temperatures)) / len(labels))
+
+
 def calibrate(entry: dict, args, device) -> dict:
     s = splits(entry, args.data_dir, args.heldout_dir, device, args.seed)
     (cal_logits, cal_labels), (test_logits, test_labels) = s["cal"], s["test"]
     temperature = round(fit_temperature(cal_logits, cal_labels), 4)
     before, after = softmax(test_logits), softmax(test_logits, temperature)
+    scored, nll_after, cal_probs, cal_y = after, nll(test_logits, test_labels, temperature), None, cal_labels
+    folds = s.get("cross_fit")
+    if folds is not None:  # T fitted on the test set itself: the ECE is measured out of fold
+        scored, fold_temperatures = cross_fitted(test_logits, test_labels, folds)
+        nll_after = out_of_fold_nll(test_logits, test_labels, folds, fold_temperatures)
+        cal_probs = scored  # the threshold too is placed on scores whose T never saw their labels
     block = {
         "method": "temperature",
         "temperature": temperature,
@@ -269,25 +295,39 @@ def calibrate(entry: dict, args, device) -> dict:
         "ece_size": len(test_labels),
         "bins": args.bins,
         "ece_before": round(expected_calibration_error(before, test_labels, args.bins), 4),
-        "ece_after": round(expected_calibration_error(after, test_labels, args.bins), 4),
+        "ece_after": round(expected_calibration_error(scored, test_labels, args.bins), 4),
         "nll_before": round(nll(test_logits, test_labels), 4),
-        "nll_after": round(nll(test_logits, test_labels, temperature), 4),
-        "ece_noise_floor": round(noise_floor(after, args.bins, args.seed), 4),
-        "low_confidence_below": low_confidence_threshold(softmax(cal_logits, temperature), cal_labels,
-                                                         args.sure_accuracy),
+        "nll_after": round(nll_after, 4),
+        "ece_noise_floor": round(noise_floor(scored, args.bins, args.seed), 4),
+        "low_confidence_below": low_confidence_threshold(
+            cal_probs if cal_probs is not None else softmax(cal_logits, temperature), cal_y, args.sure_accuracy),
         "sure_accuracy": args.sure_accuracy,
         "weights_sha256": entry["sha256"],
     }
     if s["split_seed"] is not None:
         block["split_seed"] = s["split_seed"]  # stratified_halves(test labels, split_seed) gives both halves again
+    if folds is not None:
+        block["cross_fit"] = {
+            "folds": len(folds), "split_seed": s["split_seed"], "fold_sizes": [len(f) for f in folds],
+            "fold_temperatures": fold_temperatures,  # fold i's scores: softmax(logits / fold_temperatures[i])
+            "ece_served_in_sample": round(expected_calibration_error(after, test_labels, args.bins), 4),
+            "note": "temperature (served) is fitted on all the test images; ece_after, nll_after, ece_noise_floor "
+                    "and low_confidence_below come from the pooled out-of-fold scores (fold i scored with "
+                    "fold_temperatures[i], fitted on the other fold); ece_served_in_sample is the served T's own "
+                    "ECE on the images it was fitted on (optimistic)",
+        }
     if s["split_seed"] is not None and args.resplits:
         print_resplits(s["all_test"], args)
-    cal_probs = softmax(cal_logits, temperature)
+    if cal_probs is None:
+        cal_probs = softmax(cal_logits, temperature)
     flagged = after.max(1) < block["low_confidence_below"]
     correct = after.argmax(1) == test_labels
     print(f"{entry['name']:15s} T = {temperature:.4f}  fitted on {s['split']}")
-    print(f"{'':15s} calibration split: accuracy {(cal_probs.argmax(1) == cal_labels).mean():.4f}, "
+    print(f"{'':15s} calibration split: accuracy {(cal_probs.argmax(1) == cal_y).mean():.4f}, "
           f"NLL {nll(cal_logits, cal_labels):.4f} -> {nll(cal_logits, cal_labels, temperature):.4f}")
+    if folds is not None:
+        print(f"{'':15s} cross-fitted: fold temperatures {fold_temperatures}; the served T's in-sample ECE "
+              f"{block['cross_fit']['ece_served_in_sample']:.4f}")
     print(f"{'':15s} {s['ece_split']}: ECE({args.bins} bins) {block['ece_before']:.4f} -> {block['ece_after']:.4f}, "
           f"NLL {block['nll_before']:.4f} -> {block['nll_after']:.4f}, accuracy {correct.mean():.4f} (unchanged); "
           f"a perfectly calibrated model would show ECE ~{block['ece_noise_floor']:.4f} here")
@@ -298,16 +338,17 @@ def calibrate(entry: dict, args, device) -> dict:
 
 
 def print_resplits(test: tuple[np.ndarray, np.ndarray], args) -> None:
-    """How much the test-halves figures depend on the cut: fit on half A, ECE on half B, for many seeds."""
+    """How much the cross-fitted figures depend on the cut: 2-fold cross-fitting over many random halvings."""
     logits, labels = test
     temperatures, before, after = [], [], []
     for seed in range(args.resplits):
-        a, b = stratified_halves(labels, seed)
-        temperatures.append(fit_temperature(logits[a], labels[a]))
-        before.append(expected_calibration_error(softmax(logits[b]), labels[b], args.bins))
-        after.append(expected_calibration_error(softmax(logits[b], temperatures[-1]), labels[b], args.bins))
+        folds = stratified_halves(labels, seed)
+        probs, fold_temperatures = cross_fitted(logits, labels, folds)
+        temperatures.extend(fold_temperatures)
+        before.append(expected_calibration_error(softmax(logits), labels, args.bins))
+        after.append(expected_calibration_error(probs, labels, args.bins))
     after = np.array(after)
-    print(f"{'':15s} over {args.resplits} random halvings: T {np.mean(temperatures):.3f} "
+    print(f"{'':15s} over {args.resplits} random halvings, cross-fitted: fold T {np.mean(temperatures):.3f} "
           f"+- {np.std(temperatures):.3f}, "
           f"ECE {np.mean(before):.4f} -> {after.mean():.4f} (5-95 %: {np.quantile(after, 0.05):.4f}.."
           f"{np.quantile(after, 0.95):.4f}; <= 0.03 in {(after <= 0.03).mean():.0%})")
@@ -322,7 +363,7 @@ def write_calibrations(weights_dir: Path, blocks: dict[str, dict]) -> None:
             raise SystemExit(f"{name}: its weights changed while calibrating; run again")
         manifest["models"][name]["calibration"] = block
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")  # names as written
     tmp.replace(path)
 
 
@@ -338,7 +379,8 @@ def main() -> None:
                              "this on the calibration split (default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the objects test halves (default 0)")
     parser.add_argument("--resplits", type=int, default=0,
-                        help="objects on test halves: also print the spread over this many random halvings")
+                        help="objects cross-fitted on the test set: also print the spread over this many random "
+                             "halvings")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, leave the manifest alone")
@@ -346,7 +388,7 @@ def main() -> None:
 
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = auto_device(args.device)
     manifest = json.loads((args.weights_dir / "manifest.json").read_text())["models"]
     names = args.models or list(manifest)
     unknown = [n for n in names if n not in manifest]

@@ -1,6 +1,5 @@
 """What every training script shares: flags, seeding, checkpoints, the manifest and curves."""
 import argparse
-import json
 import os
 import random
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.serving.loading import sha256_of  # the server verifies checksums the same way
+from models.checkpoints import sha256_of, update_manifest  # shared with the server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -42,12 +41,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def device_description(device: torch.device) -> str:
@@ -90,21 +83,6 @@ def save_model(model: torch.nn.Module, weights_dir: Path, *, name: str, task: st
     update_manifest(weights_dir, entry)
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB), sha256 {entry['sha256'][:12]}..")
     return entry
-
-
-def update_manifest(weights_dir: Path, entry: dict) -> None:
-    """Insert or replace one model's entry; the write is atomic so a crash never leaves half a file."""
-    manifest_path = weights_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
-    if entry.get("default"):
-        for other in manifest["models"].values():
-            if other["task"] == entry["task"] and other["name"] != entry["name"]:
-                other["default"] = False
-    manifest["models"][entry["name"]] = entry
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(manifest_path)
 
 
 def plot_curve(history: dict[str, list[float]], path: Path, title: str) -> str:

@@ -35,8 +35,8 @@ from PIL import Image
 
 from models.decoder import FEATURE_LAYER, StyleDecoder, reconstruct
 from models.vgg import VGG19Features, caffe_preprocess
-from training.common import (WEIGHTS_DIR, count_parameters, default_data_dir, device_description,
-                             pick_device, progress, save_figure, seed_everything, sha256_of)
+from models.checkpoints import auto_device
+from training.common import (WEIGHTS_DIR, count_parameters, default_data_dir, device_description, progress, save_figure, seed_everything, sha256_of)
 from training.decoder_data import (HELDOUT, RASTER, SOURCE_NOTES, SOURCES, WEIGHTS_LICENCE_NOTE, CropSampler,
                                    photo_dirs, load_training_set)
 
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = auto_device(args.device)
     data = load_training_set(args.sources, args.data_dir, args.limit, args.no_progress)
     vgg = VGG19Features.from_file(args.vgg).eval().requires_grad_(False).to(device)
     decoder = StyleDecoder(width=args.width).to(device)

@@ -6,7 +6,8 @@
 
 The last 5,000 training images (55000..59999) are held out for calibration (training.calibrate). Each training
 image also gets --framing-variants reframed copies (training/framing.py: edge cuts, marker and fine-pen strokes)
-so the networks read digits drawn off the canvas edge or with other pens as the server frames them.
+and --drawn-variants copies drawn on paper and read by the server's own pipeline, so the networks read digits
+drawn off the canvas edge or with other pens as the server frames them.
 """
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.digits import DIGIT_CLASSES, MNIST_MEAN, MNIST_STD, DigitsCNN, DigitsMLP
-from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
+from preprocessing.digits import normalise_mnist_uint8
+from models.checkpoints import auto_device
+from training.common import (Timer, base_parser, device_description, one_cycle, save_model,
                              seed_everything, sha256_of)
 from training.data import load_mnist
 from training.framing import framing_variants
@@ -37,13 +40,17 @@ def parse_args():
                         help="train on the first N images; the rest are the calibration hold-out")
     parser.add_argument("--framing-variants", type=int, default=1,
                         help="reframed copies of each training image (edge cuts, other stroke widths)")
+    parser.add_argument("--drawn-variants", type=int, default=0,
+                        help="copies of each training image drawn on paper (cut by the edges, marker, fine pen) "
+                             "and read by the server's own to_ink + mnist_normalise (training/framing.py)")
+    parser.add_argument("--workers", type=int, default=2, help="processes making the drawn variants")
     parser.add_argument("--resume", action="store_true", help="start from the committed checkpoint (fine-tune)")
     return parser.parse_args()
 
 
 def to_tensor(images, device) -> torch.Tensor:
-    x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
-    return ((x - MNIST_MEAN) / MNIST_STD).to(device)
+    """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28), as the server does."""
+    return normalise_mnist_uint8(images).to(device)
 
 
 def random_affine(strength: float):
@@ -97,8 +104,9 @@ def train_one(kind: str, args, data, device) -> None:
         metrics={"dataset": "MNIST", "split": "test", "size": len(x_test), "accuracy": round(history["test_acc"][-1], 4)},
         hyperparameters={"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "AdamW",
                          "schedule": "one-cycle", "augment": args.augment if kind == "cnn" else 0.0,
-                         "seed": args.seed, "train_size": len(x_train) // (1 + args.framing_variants),
-                         "framing_variants": args.framing_variants,
+                         "seed": args.seed,
+                         "train_size": len(x_train) // (1 + args.framing_variants + args.drawn_variants),
+                         "framing_variants": args.framing_variants, "drawn_variants": args.drawn_variants,
                          "calibration_holdout": f"MNIST train {args.train_size}..59999", "init": init},
         training_time_s=timer.seconds, trained_on=device_description(device),
     )
@@ -106,16 +114,21 @@ def train_one(kind: str, args, data, device) -> None:
 
 def main() -> None:
     args = parse_args()
-    device = pick_device(args.device)
+    device = auto_device(args.device)
     x_train, y_train = load_mnist(args.data_dir, "train")
     x_test, y_test = load_mnist(args.data_dir, "test")
     x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
     if args.limit:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    x_parts, y_parts = [x_train], [y_train]
     if args.framing_variants:
-        x_train = np.concatenate([x_train, framing_variants(x_train, args.framing_variants, args.seed,
-                                                             not args.no_progress)])
-        y_train = np.concatenate([y_train, np.repeat(y_train, args.framing_variants)])
+        x_parts.append(framing_variants(x_train, args.framing_variants, args.seed, not args.no_progress))
+        y_parts.append(np.repeat(y_train, args.framing_variants))
+    if args.drawn_variants:
+        x_parts.append(framing_variants(x_train, args.drawn_variants, args.seed, not args.no_progress, drawn=True,
+                                        workers=args.workers))
+        y_parts.append(np.repeat(y_train, args.drawn_variants))
+    x_train, y_train = np.concatenate(x_parts), np.concatenate(y_parts)
     data = (to_tensor(x_train, device), torch.from_numpy(y_train).to(device),
             to_tensor(x_test, device), torch.from_numpy(y_test).to(device))
     for kind in (["mlp", "cnn"] if args.arch == "both" else [args.arch]):

@@ -14,7 +14,8 @@ import torch
 from models import ARCHITECTURES
 from models.sentiment import SentimentLSTM, pad_batch, tokenize
 from training import digits, objects
-from training.common import HELDOUT_DIR, WEIGHTS_DIR, pick_device, update_manifest
+from models.checkpoints import auto_device
+from training.common import HELDOUT_DIR, WEIGHTS_DIR, update_manifest
 from training.data import load_heldout
 
 BACKENDS = ("torch", "onnxruntime")
@@ -25,13 +26,17 @@ class OnnxModel:
     exported from: the same positional inputs, logits out; anything else (SentimentLSTM.encode) from the module."""
 
     def __init__(self, module: torch.nn.Module, path: Path):
-        from app.serving.backends import OnnxRunner
+        import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
         self.module = module
-        self.runner = OnnxRunner(path, threads=torch.get_num_threads())
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.runner(dict(zip(self.runner.input_names, (x.cpu() for x in inputs))))
+        feeds = {name: np.ascontiguousarray(x.cpu().numpy()) for name, x in zip(self.input_names, inputs)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def __getattr__(self, name: str):
         return getattr(self.module, name)
@@ -42,7 +47,7 @@ def load_model(entry: dict, weights_dir: Path, device: torch.device, backend: st
     model.load_state_dict(torch.load(weights_dir / entry["file"], map_location="cpu", weights_only=True))
     if backend == "onnxruntime":
         if "onnx" not in entry:
-            raise ValueError(f"{entry['name']} has no ONNX export; run python -m training.export_onnx")
+            raise ValueError(f"{entry['name']} has no ONNX export; run python -m app.serving.onnx_export")
         return OnnxModel(model.eval(), weights_dir / entry["onnx"]["file"])
     return model.to(device).eval()
 
@@ -91,7 +96,7 @@ def main() -> None:
                         help="onnxruntime: the committed ONNX exports (CPU), as INFERENCE_BACKEND=onnxruntime serves")
     parser.add_argument("--update-manifest", action="store_true", help="write the measured metrics back")
     args = parser.parse_args()
-    device = pick_device("cpu" if args.backend == "onnxruntime" else args.device)
+    device = auto_device("cpu" if args.backend == "onnxruntime" else args.device)
     manifest = json.loads((args.weights_dir / "manifest.json").read_text())
     for name, entry in manifest["models"].items():
         if args.models and name not in args.models:

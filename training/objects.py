@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.preprocessing.objects import normalise_cifar_uint8
+from preprocessing.objects import normalise_cifar_uint8
 from models.objects import CIFAR10_CLASSES, ObjectsResNet
-from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
+from models.checkpoints import auto_device
+from training.common import (Timer, base_parser, device_description, one_cycle, save_model,
                              seed_everything)
 from training.data import load_cifar_subset
 from training.loop import evaluate, log_epoch, tensor_batches, train_epoch
@@ -59,7 +60,7 @@ def augment(cutout: int, pad: int = 4):
 def main() -> None:
     args = parse_args()
     seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = auto_device(args.device)
     data = load_cifar_subset(args.data_dir)
     x_train, y_train = data["x_train"], data["y_train"]
     if args.limit:

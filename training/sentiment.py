@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from models.sentiment import PAD, SENTIMENT_CLASSES, UNK, SentimentLSTM, pad_batch, tokenize
-from training.common import (Timer, base_parser, device_description, one_cycle, pick_device, save_model,
+from models.checkpoints import auto_device
+from training.common import (Timer, base_parser, device_description, one_cycle, save_model,
                              seed_everything)
 from training.data import load_sst2
 from training.loop import evaluate, log_epoch, train_epoch
@@ -78,7 +79,7 @@ def text_batches(ids: list[list[int]], labels: torch.Tensor, batch_size: int, sh
 def main() -> None:
     args = parse_args()
     seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = auto_device(args.device)
     train_texts, train_labels = load_sst2(args.data_dir, "train")
     dev_texts, dev_labels = load_sst2(args.data_dir, "dev")
     if args.limit:

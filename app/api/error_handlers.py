@@ -12,7 +12,7 @@ from starlette.routing import Match
 from app.core.config import V2_PREFIX
 from app.api.input_errors import as_api_error
 from app.core.errors import APIError, error_body
-from app.preprocessing.errors import InputError
+from preprocessing.errors import InputError
 from app.core.observability import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.core.errors import APIError, UnsupportedMediaType
 from app.api.input_errors import as_api_error
 from app.api.schemas import OneOrMany
-from app.preprocessing.errors import InputError
+from preprocessing.errors import InputError
 from app.serving.registry import ServedModel
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)

@@ -1,6 +1,6 @@
-"""The status code each kind of input error is answered with (app/preprocessing/errors.py stays framework-free)."""
+"""The status code each kind of input error is answered with (preprocessing/errors.py stays framework-free)."""
 from app.core.errors import APIError
-from app.preprocessing.errors import InputError, OversizedInput, UndecodableInput, UnsupportedInput
+from preprocessing.errors import InputError, OversizedInput, UndecodableInput, UnsupportedInput
 
 STATUS = {UndecodableInput: 400, UnsupportedInput: 415, OversizedInput: 413}
 

@@ -2,7 +2,7 @@
 
 A `Runner` takes the network's named inputs (CPU tensors, as `ModelHandler.collate` makes them) and returns the
 logits (N, C) as a CPU or device tensor. `TorchRunner` runs the nn.Module on the handler's device; `OnnxRunner` runs
-the committed ONNX export (`weights/<model>.onnx`, written by `python -m training.export_onnx`) with ONNX Runtime's
+the committed ONNX export (`weights/<model>.onnx`, written by `python -m app.serving.onnx_export`) with ONNX Runtime's
 CPU execution provider. `choose_runner` is the seam the handlers call from `setup`:
 
     torch         TorchRunner, ONNX files never opened (onnxruntime not even imported)
@@ -103,7 +103,7 @@ def requested_backend(settings: Settings) -> str:
 
 def verify_backend(entries: dict[str, dict], settings: Settings, device: torch.device) -> None:
     """What can be refused before any weights load: onnxruntime on CUDA, a model without an export, an export of
-    other weights (the state_dict was retrained or replaced after `python -m training.export_onnx`)."""
+    other weights (the state_dict was retrained or replaced after `python -m app.serving.onnx_export`)."""
     backend = requested_backend(settings)
     if backend == "torch" or device.type != "cpu":
         if backend == "onnxruntime":
@@ -115,12 +115,12 @@ def verify_backend(entries: dict[str, dict], settings: Settings, device: torch.d
         if onnx is None:
             if backend == "onnxruntime":
                 raise StartupError(f"INFERENCE_BACKEND=onnxruntime but model '{name}' has no ONNX export in the "
-                                   f"manifest; run python -m training.export_onnx --models {name}")
+                                   f"manifest; run python -m app.serving.onnx_export --models {name}")
             continue
         if onnx["weights_sha256"] != entry["sha256"]:
             raise StartupError(f"model '{name}': {onnx['file']} was exported from other weights (sha256 "
                                f"{onnx['weights_sha256'][:12]}.., the checkpoint is {entry['sha256'][:12]}..); "
-                               f"run python -m training.export_onnx --models {name}")
+                               f"run python -m app.serving.onnx_export --models {name}")
 
 
 def choose_runner(handler: ModelHandler, device: torch.device) -> tuple[Runner, dict]:
@@ -142,7 +142,7 @@ def choose_runner(handler: ModelHandler, device: torch.device) -> tuple[Runner, 
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         raise StartupError(f"model '{handler.name}': ONNX Runtime and PyTorch disagree on the fixed check inputs "
                            f"({onnx['check_file']}): largest absolute logit difference {diff:.3g} > "
-                           f"{MAX_ABS_DIFF:g}; run python -m training.export_onnx --models {handler.name}")
+                           f"{MAX_ABS_DIFF:g}; run python -m app.serving.onnx_export --models {handler.name}")
     info.update(max_abs_diff=float(f"{diff:.3g}"), onnxruntime_threads=onnx_runner.threads)
     if backend == "onnxruntime":
         return onnx_runner, {**info, "backend": "onnxruntime", "reason": "INFERENCE_BACKEND=onnxruntime"}
@@ -166,11 +166,11 @@ def open_onnx(handler: ModelHandler, path: Path, threads: int) -> OnnxRunner:
                            f"package ({exc}); pip install onnxruntime, or set INFERENCE_BACKEND=torch") from exc
     except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
         raise StartupError(f"model '{handler.name}': {path}: ONNX Runtime cannot load it ({exc}); "
-                           f"run python -m training.export_onnx --models {handler.name}") from exc
+                           f"run python -m app.serving.onnx_export --models {handler.name}") from exc
     missing = set(runner.input_names) ^ set(handler.onnx_dynamic_axes)
     if missing:
         raise StartupError(f"model '{handler.name}': {path} takes inputs {runner.input_names}, the handler gives "
-                           f"{sorted(handler.onnx_dynamic_axes)}; run python -m training.export_onnx "
+                           f"{sorted(handler.onnx_dynamic_axes)}; run python -m app.serving.onnx_export "
                            f"--models {handler.name}")
     return runner
 
@@ -182,7 +182,7 @@ def check_inputs(handler: ModelHandler, path: Path) -> dict[str, torch.Tensor]:
             inputs = {name: torch.from_numpy(npz[name]) for name in handler.onnx_dynamic_axes}
     except Exception as exc:
         raise StartupError(f"model '{handler.name}': {path}: unreadable check inputs ({exc}); "
-                           f"run python -m training.export_onnx --models {handler.name}") from exc
+                           f"run python -m app.serving.onnx_export --models {handler.name}") from exc
     return inputs
 
 

@@ -3,12 +3,13 @@
 Everything here raises StartupError with a message that names the setting or file at fault,
 so a misconfigured server refuses to start instead of serving wrong answers.
 """
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import torch
+
+from models.checkpoints import auto_device, sha256_of
 
 MANIFEST_NAME = "manifest.json"
 REQUIRED_ENTRY_FIELDS = ("task", "architecture", "file", "sha256", "classes")
@@ -24,9 +25,7 @@ def resolve_device(spec: str) -> torch.device:
     name = spec.strip().lower()
     if not _DEVICE_PATTERN.match(name):
         raise StartupError(f"DEVICE={spec!r} is not valid; use auto, cpu, cuda or cuda:N")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = auto_device(name)
     if device.type == "cuda":
         _check_cuda(spec, device)
     return device
@@ -38,14 +37,6 @@ def _check_cuda(spec: str, device: torch.device) -> None:
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise StartupError(f"DEVICE={spec} but only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(weights_dir: Path) -> dict[str, dict]:
@@ -81,12 +72,12 @@ def _checked_entry(manifest_path: Path, name: str, entry: object) -> dict:
 
 
 ONNX_FIELDS = ("file", "sha256", "check_file", "check_sha256", "weights_sha256")
-ONNX_FIX = "re-export it (python -m training.export_onnx --models {name}) or restore the file"
+ONNX_FIX = "re-export it (python -m app.serving.onnx_export --models {name}) or restore the file"
 
 
 def listed_files(entry: dict) -> list[tuple[str, str, str]]:
     """(file, sha256, how to fix it) for every file a manifest entry lists: its checkpoint, and its ONNX export
-    and fixed check inputs when it has an "onnx" block (written by python -m training.export_onnx)."""
+    and fixed check inputs when it has an "onnx" block (written by python -m app.serving.onnx_export)."""
     files = [(entry["file"], entry["sha256"], "re-train or restore the file")]
     onnx = entry.get("onnx")
     if onnx is None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.preprocessing.decoding import to_rgb
+from preprocessing.decoding import to_rgb
 from app.style.options import (
     COARSE_CONTENT_BOOST, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, DETAIL, GATYS_CONTENT_LAYERS,
     GATYS_STYLE_LAYERS, StyleInputError, StyleParams, fit_size, schedule, style_size, too_thin,

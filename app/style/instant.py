@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from app.serving.loading import sha256_of
+from models.checkpoints import sha256_of
 from app.style import presets
 from app.style.engine import pil_to_tensor, preserve_colors, tensor_to_pil
 from app.style.options import fit_size, style_size

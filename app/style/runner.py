@@ -227,7 +227,7 @@ class JobRunner:
             logger.debug("worker %s: step times not recorded: %s", self.id, exc)
 
     def run(self, job) -> None:
-        from app.preprocessing.errors import InputError
+        from preprocessing.errors import InputError
         from app.style.engine import StyleCancelled
         from app.style.options import StyleInputError
 
@@ -287,7 +287,7 @@ class JobRunner:
         self.store.fail(job.id, message, self.id)
 
     def inputs(self, job):
-        from app.preprocessing.decoding import open_image
+        from preprocessing.decoding import open_image
         from app.style.options import StyleParams
         from app.style.presets import preset_path
 

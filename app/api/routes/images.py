@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.api.timed_route import TimedRoute
 from app.core.errors import Unprocessable
 from app.serving.registry import ServedModel
-from app.preprocessing.decoding import decode_base64_image
+from preprocessing.decoding import decode_base64_image
 
 ACCEPTED = "multipart/form-data with a 'file' field or application/json"
 

@@ -20,7 +20,7 @@ from app.api.v2.schemas import InferenceRequest, MetadataTensor, RequestInput, R
 from app.api.v2.tensors import BYTES, NUMPY_DTYPES, Output, Tensor, from_binary, from_json
 from app.core.config import Settings
 from app.core.errors import BadInput, NotFound
-from app.preprocessing.decoding import decode_base64_image
+from preprocessing.decoding import decode_base64_image
 from app.serving.handlers.base import ModelHandler
 from app.serving.registry import ModelRegistry, ServedModel
 

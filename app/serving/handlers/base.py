@@ -10,9 +10,9 @@ from torch import nn
 
 from app.serving.backends import Runner, choose_runner
 from app.core.config import Settings
-from app.preprocessing.errors import UndecodableInput
+from preprocessing.errors import UndecodableInput
 from app.serving.loading import StartupError, load_state_dict
-from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
+from preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Handwritten digits (MNIST-style, 28x28 grey)."""
 from app.serving.handlers.base import ImageClassifierHandler
-from app.preprocessing.digits import digit_tensor
+from preprocessing.digits import digit_tensor
 from models import select_architectures
 
 

@@ -1,6 +1,6 @@
 """Everyday objects (CIFAR-10, 32x32 RGB)."""
 from app.serving.handlers.base import ImageClassifierHandler
-from app.preprocessing.objects import object_tensor
+from preprocessing.objects import object_tensor
 from models import select_architectures
 
 

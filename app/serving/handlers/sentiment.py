@@ -1,7 +1,7 @@
 """Sentence sentiment (SST-2): text -> token ids -> bi-LSTM."""
 import torch
 
-from app.preprocessing.errors import UndecodableInput
+from preprocessing.errors import UndecodableInput
 from app.serving.handlers.base import ModelHandler
 from models import select_architectures
 from models.sentiment import pad_batch, tokenize

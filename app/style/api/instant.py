@@ -25,8 +25,8 @@ from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.core.config import Settings
 from app.api.input_errors import as_api_error
 from app.core.errors import APIError
-from app.preprocessing.errors import InputError
-from app.preprocessing.decoding import open_image
+from preprocessing.errors import InputError
+from preprocessing.decoding import open_image
 from app.serving.loading import resolve_device
 from app.style.api.deps import RESOURCE, StyleStateDep
 from app.style.api.form import (FILE_FIELDS, LIST_FIELDS, OPTION_FIELDS, invalid_field, parse_options, read_files,

@@ -21,9 +21,9 @@ from app.api.deps import DecodeLimiterDep, SettingsDep
 from app.api.schemas import ErrorBody
 from app.api.input_errors import as_api_error
 from app.core.errors import APIError, NotFound
-from app.preprocessing.errors import InputError
+from preprocessing.errors import InputError
 from app.core.security import caller_of
-from app.preprocessing.decoding import declared_pixels, memory_returned_after, open_image
+from preprocessing.decoding import declared_pixels, memory_returned_after, open_image
 from app.style.api.deps import (RESOURCE, ServiceDep, base_url, eta_board_now, listed_owner, store_of,
                                 visible_job)
 from app.style.api.form import (ACCEPTED, KNOWN_FIELDS, check_cost, check_shape, invalid_field, parse_options,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.preprocessing.errors import UndecodableInput
-from app.preprocessing.decoding import SIXTEEN_BIT_MODES, has_alpha, luminance
+from preprocessing.errors import UndecodableInput
+from preprocessing.decoding import SIXTEEN_BIT_MODES, has_alpha, luminance
 from models.digits import MNIST_MEAN, MNIST_STD
 
 DIGIT_SIZE, DIGIT_BOX = 28, 20
@@ -312,6 +312,12 @@ def digit_tensor(img: Image.Image) -> torch.Tensor:
     digit -= MNIST_MEAN
     digit /= MNIST_STD
     return torch.from_numpy(digit[None])
+
+
+def normalise_mnist_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) MNIST-framed digits -> (N, 1, 28, 28) normalised float32 (shared with training)."""
+    x = torch.from_numpy(np.asarray(images)).float().div_(255).unsqueeze(1)
+    return (x - MNIST_MEAN) / MNIST_STD
 
 
 def mnist_normalise(ink: np.ndarray) -> np.ndarray:

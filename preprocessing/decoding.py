@@ -1,6 +1,6 @@
 """Image decoding with limits, and the pixel conversions every image model shares.
 
-Pure functions (no web framework): every client problem is raised as an InputError (app/preprocessing/errors.py).
+Pure functions (no web framework): every client problem is raised as an InputError (preprocessing/errors.py).
 
     decode_base64_image(value)      base64 / data: URL -> bytes
     open_image(data, max_pixels)    bytes -> one fully loaded PIL image (first frame), safely
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from app.preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
+from preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
 
 # Truncated files must fail loudly (this is PIL's default; never let anything turn it on here).
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -1,7 +1,7 @@
 """Export the served classifiers to ONNX, for ONNX Runtime (INFERENCE_BACKEND=onnxruntime, or auto on the CPU).
 
-    python -m training.export_onnx                        # every model in weights/manifest.json
-    python -m training.export_onnx --models digits-cnn    # one model (after retraining it)
+    python -m app.serving.onnx_export                        # every model in weights/manifest.json
+    python -m app.serving.onnx_export --models digits-cnn    # one model (after retraining it)
 
 For each model, next to its checkpoint:
     <model>.onnx        torch.onnx.export of the committed state_dict (TorchScript exporter, opset 17); the batch
@@ -27,27 +27,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.serving.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, max_abs_diff
 from app.core.config import Settings
-from app.serving.loading import sha256_of
-from app.serving.registry import discover_handlers
+from app.serving.backends import MAX_ABS_DIFF, OnnxRunner, TorchRunner, max_abs_diff
 from app.serving.handlers.base import ModelHandler
-from training import digits, objects
-from training.common import HELDOUT_DIR, WEIGHTS_DIR, update_manifest
-from training.data import load_heldout
+from app.serving.registry import discover_handlers
+from models.checkpoints import sha256_of, update_manifest
+from preprocessing.digits import normalise_mnist_uint8
+from preprocessing.objects import normalise_cifar_uint8
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS_DIR = REPO_ROOT / "weights"
+HELDOUT_DIR = REPO_ROOT / "data" / "heldout"  # the held-out sets shipped with the repo (training.data reads them too)
 
 OPSET = 17
 CHECK_ITEMS = 8
 EXPORTER = "torch.onnx.export (TorchScript exporter, dynamo=False)"
 
 
+def load_heldout(heldout_dir: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(heldout_dir / f"{name}.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 def check_items(handler: ModelHandler, heldout_dir: Path) -> tuple[list, str]:
     """CHECK_ITEMS decoded held-out inputs for the handler's task, and where they come from."""
     if handler.task in ("digits", "objects"):
-        name, to_tensor = ("mnist-test", digits.to_tensor) if handler.task == "digits" else \
-            ("cifar-test", objects.to_tensor)
+        name, to_tensor = ("mnist-test", normalise_mnist_uint8) if handler.task == "digits" else \
+            ("cifar-test", normalise_cifar_uint8)
         x = load_heldout(heldout_dir, name)["x"][:CHECK_ITEMS]
-        return list(to_tensor(x, "cpu")), f"{name} images 0..{CHECK_ITEMS - 1}"
+        return list(to_tensor(x)), f"{name} images 0..{CHECK_ITEMS - 1}"
     if handler.task == "sentiment":
         texts = [str(t) for t in load_heldout(heldout_dir, "sst2-dev")["texts"]]
         by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i].split()), i))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.preprocessing.decoding import to_rgb
+from preprocessing.decoding import to_rgb
 from models.objects import CIFAR_MEAN, CIFAR_STD
 
 OBJECT_SIZE = 32
