@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.style.engine import StyleEngine, gram, pil_to_tensor, tensor_to_pil
+from app.style.engine import StyleEngine, pil_to_tensor, tensor_to_pil
+from app.style.losses import gram
 from app.style.options import TUTORIAL_CONTENT_LAYERS, TUTORIAL_STYLE_LAYERS, StyleParams, fit_size
 from models.vgg import VGG19Features, caffe_preprocess
 

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.style.engine import StyleEngine, gram, pil_to_tensor
+from app.style.engine import StyleEngine, pil_to_tensor
+from app.style.losses import gram
 from app.style.options import TUTORIAL_CONTENT_LAYERS, TUTORIAL_STYLE_LAYERS, fit_size
 from models.vgg import VGG19Features, caffe_preprocess
 

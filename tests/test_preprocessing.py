@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw, ImageFile
 
 from preprocessing.errors import OversizedInput, UndecodableInput, UnsupportedInput
 from preprocessing.decoding import decode_base64_image, open_image
-from preprocessing.digits import digit_tensor, mnist_normalise, to_ink
+from preprocessing.digits import digit_tensor, mnist_normalise
+from preprocessing.ink import to_ink
 from preprocessing.objects import normalise_cifar_uint8, object_tensor
 from models.digits import MNIST_MEAN, MNIST_STD
 from models.objects import CIFAR_MEAN, CIFAR_STD

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.style.engine import Objective, StyleEngine, pil_to_tensor
+from app.style.engine import StyleEngine, pil_to_tensor
+from app.style.losses import Objective
 from app.style.options import DEFAULT_STYLE_WEIGHT, StyleParams
 from app.style.presets import preset_path
 from bench.paintings import PAINTINGS, make_painting

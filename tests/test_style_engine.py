@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
 from models.checkpoints import sha256_of
-from app.style.engine import ProgressInfo, StyleCancelled, StyleDiverged, StyleEngine, gram, pil_to_tensor, rgb_to_ycbcr
+from app.style.engine import ProgressInfo, StyleCancelled, StyleDiverged, StyleEngine, pil_to_tensor, rgb_to_ycbcr
+from app.style.losses import gram
 from app.style.options import StyleInputError, StyleParams, schedule
 from app.style.presets import PRESETS, list_presets, preset_path
 from models.vgg import (CAFFE_MEAN_BGR, LAYER_INDEX, VGG19Features, caffe_deprocess, caffe_preprocess)

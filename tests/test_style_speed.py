@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.style.engine import (Objective, StyleEngine, _GramMSE, gram, gram_mse, native_bf16, pil_to_tensor,
-                              resolve_precision)
+from app.style.engine import StyleEngine, native_bf16, pil_to_tensor, resolve_precision
+from app.style.losses import Objective, _GramMSE, gram, gram_mse
 from app.style.options import StyleParams, schedule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -84,3 +84,30 @@ def test_training_script_writes_a_checkpoint_the_server_loads(script, data_dir, 
             response = client.post(f"/v1/{task}/predict", files={"file": image.open("rb")})
         assert response.status_code == 200, response.text
         assert response.json()["model"] in names
+
+
+def test_drawn_framing_variants_keep_their_label_and_do_not_depend_on_workers(monkeypatch):
+    """training/framing.py's drawn variants (ink on paper, cut by the edges, marker or fine pen, read back by the
+    server's own to_ink) must still be the digit they were drawn from, and the same whatever the worker count."""
+    import torch
+
+    from models.digits import DigitsCNN
+    from preprocessing.digits import normalise_mnist_uint8
+    from training import framing
+    from training.framing import framing_variants
+
+    monkeypatch.setattr(framing, "DRAWN_BLOCK", 100)  # three blocks, so two workers share them
+
+    mnist = load_heldout(HELDOUT_DIR, "mnist-test")
+    x, y = mnist["x"][:300], mnist["y"][:300]
+    one = framing_variants(x, 1, seed=3, progress=False, cache_dir=None, drawn=True, workers=1)
+    assert one.shape == (300, 28, 28) and one.dtype == np.uint8
+    assert np.array_equal(one, framing_variants(x, 1, seed=3, progress=False, cache_dir=None, drawn=True, workers=2))
+    assert np.mean(np.abs(one.astype(int) - x.astype(int)) > 60) > 0.05  # reframed, not a copy
+
+    manifest = json.loads((REPO_ROOT / "weights" / "manifest.json").read_text())["models"]["digits-cnn"]
+    model = DigitsCNN(**manifest["config"]).eval()
+    model.load_state_dict(torch.load(REPO_ROOT / "weights" / manifest["file"], map_location="cpu", weights_only=True))
+    with torch.no_grad():
+        read = model(normalise_mnist_uint8(one)).argmax(1).numpy()
+    assert np.mean(read == y) >= 0.95, f"only {np.mean(read == y):.1%} of the drawn variants read as drawn"

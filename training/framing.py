@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from preprocessing.digits import mnist_normalise, to_ink
+from preprocessing.digits import mnist_normalise
+from preprocessing.ink import to_ink
 from preprocessing.errors import UndecodableInput
 
 SCALE = 4  # digits are re-stroked and cut at 4x MNIST's resolution, as a bigger drawing would be
@@ -61,6 +62,13 @@ def cut(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     edges = rng.permutation(4)[: int(rng.integers(1, 5))]
     total = rng.uniform(0.02, MAX_CUT)
     shares = rng.dirichlet(np.ones(len(edges))) * total
+    return trimmed(ink, (top, bottom, left, right), edges, shares)
+
+
+def trimmed(ink: np.ndarray, box: tuple[int, int, int, int], edges, shares) -> np.ndarray:
+    """`ink` inside `box` (top, bottom, left, right) with each of `edges` (0 top, 1 bottom, 2 left, 3 right) moved
+    in by its share of the box's extent."""
+    top, bottom, left, right = box
     h, w = bottom - top, right - left
     for edge, share in zip(edges, shares):
         if edge == 0:
@@ -135,17 +143,7 @@ def cut_box(ink: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, set[
     h, w = ink.shape
     edges = [int(e) for e in rng.permutation(4)[: int(rng.integers(1, 5))]]
     shares = [rng.uniform(0.01, MAX_CUT) / (2 if (e ^ 1) in edges else 1) for e in edges]
-    top, bottom, left, right = 0, h, 0, w
-    for edge, share in zip(edges, shares):
-        if edge == 0:
-            top += int(share * h)
-        elif edge == 1:
-            bottom -= int(share * h)
-        elif edge == 2:
-            left += int(share * w)
-        else:
-            right -= int(share * w)
-    return ink[top:bottom, left:right], set(edges)
+    return trimmed(ink, (0, h, 0, w), edges, shares), set(edges)
 
 
 def on_paper(ink: np.ndarray, rng: np.random.Generator, cut: set[int]) -> Image.Image:
@@ -184,7 +182,8 @@ def framing_variants(images: np.ndarray, per_image: int, seed: int, progress: bo
     """`per_image` variants of each image, in order (N * per_image, 28, 28) uint8; cached, as they take minutes.
     `drawn`: drawn_variant (through the server's to_ink) instead of variant. The result does not depend on
     `workers` (each block of images has its own seeded generator when drawn)."""
-    code = Path(__file__).read_bytes() + Path(mnist_normalise.__code__.co_filename).read_bytes()
+    code = b"".join(Path(f).read_bytes() for f in (__file__, mnist_normalise.__code__.co_filename,
+                                                     to_ink.__code__.co_filename))
     key = hashlib.sha256(images.tobytes() + code + f"{per_image},{seed},{drawn}".encode()).hexdigest()
     cached = cache_dir / f"mnist-{'drawn' if drawn else 'framing'}-{key[:16]}.npy" if cache_dir else None
     if cached and cached.exists():
