@@ -126,7 +126,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 @functools.cache
 def server_packages() -> tuple[str, ...]:
     """The repo's top-level packages the server and the Redis worker import (the image must copy each)."""
-    probe = ("import sys, app.main, app.server.launch, app.worker, app.style.runner\n"
+    probe = ("import sys, app.main, app.server.launch, app.worker, app.style.runner, app.style.embedded_worker\n"
              "print(' '.join(sorted({name.split('.')[0] for name in list(sys.modules)})))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

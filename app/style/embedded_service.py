@@ -27,7 +27,7 @@ import torch
 from app.core.config import Settings, usable_cpus
 from app.style.eta import device_key
 from app.style.jobs import QUEUED, SERVER_STOPPED, WORKER_DIED
-from app.style.runner import FAILED, READY, STARTING, WorkerConfig, worker_main
+from app.style.embedded_worker import FAILED, READY, STARTING, WorkerConfig, worker_main
 from app.style.service import StyleServiceBase
 from app.style.sqlite_store import SQLiteJobStore
 

@@ -1,6 +1,6 @@
 """Style jobs over HTTP: submit, list, read, watch (server-sent events), fetch the images, cancel and delete.
 
-The optimisation runs in worker processes (app.style.runner), never on the event loop; these routes only
+The optimisation runs in worker processes (app.style.embedded_worker, app.worker), never on the event loop; these routes only
 validate requests, read and write the job store, and stream files.
 """
 from __future__ import annotations
