@@ -17,6 +17,7 @@ every evaluation with the losses and a lazy preview.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -35,6 +36,12 @@ from app.style.options import (
 )
 from app.style.losses import Objective
 from models.vgg import VGG19Features, caffe_preprocess
+
+
+# The first evaluations of each stage run in float32 when the objective is bfloat16: L-BFGS's first steps are short
+# and its line search compares losses that differ by less than bfloat16 rounding, so on a flat stretch (a smooth
+# photo) it could stall at the start; with a float32 history behind it, bfloat16 then carries on (docs/style.md).
+FLOAT32_WARMUP_EVALS = 5
 
 
 class StyleCancelled(Exception):
@@ -190,10 +197,13 @@ class StyleEngine:
             boost = 1.0 if longest == size else COARSE_CONTENT_BOOST
             # each painting in the photo's frame: the content term's unit is the painting's own content distance
             framed = [self._prepare(pil_to_tensor(s, (w, h))) for s in styles]
-            objective = Objective(self.net, content_t, style_ts, blend, content_layers, style_layers,
-                                  params.content_weight * boost, params.style_weight, params.tv_weight,
-                                  styles_framed=framed, relative=relative)
-            del style_ts, framed
+            objective_on = functools.partial(Objective, content=content_t, styles=style_ts, blend=blend,
+                                             content_layers=content_layers, style_layers=style_layers,
+                                             content_weight=params.content_weight * boost,
+                                             style_weight=params.style_weight, tv_weight=params.tv_weight,
+                                             styles_framed=framed, relative=relative)
+            objective = objective_on(self.net)
+            precise = None if self.net is self.vgg else functools.partial(objective_on, self.vgg)
             if x is None:
                 content01 = content_full if (w, h) == (out_w, out_h) else pil_to_tensor(content, (w, h))
                 if params.init == "instant":
@@ -212,7 +222,7 @@ class StyleEngine:
                 x = (x + DETAIL * (content01 - blurred)).clamp_(0, 1)
             x = x.detach().requires_grad_(True)
             done = self._optimise(x, objective, n_evals, done, total, stage_index, len(stages), longest,
-                                  on_progress, should_stop)
+                                  on_progress, should_stop, precise)
         assert x is not None
         with torch.no_grad():
             result = x.detach().float().clamp(0, 1)
@@ -256,10 +266,13 @@ class StyleEngine:
         return noise.to(self.device)
 
     def _optimise(self, x: torch.Tensor, objective: Objective, n_evals: int, done: int, total: int,
-                  stage: int, stages: int, longest: int, on_progress, should_stop) -> int:
-        """Exactly n_evals loss evaluations of L-BFGS on x (in place); x ends as the best image evaluated."""
+                  stage: int, stages: int, longest: int, on_progress, should_stop,
+                  precise: Callable[[], Objective] | None = None) -> int:
+        """Exactly n_evals loss evaluations of L-BFGS on x (in place); x ends as the best image evaluated.
+        precise: builds the same objective in float32 for the first FLOAT32_WARMUP_EVALS (None: it is float32)."""
         count = 0
         best: tuple[float, torch.Tensor | None] = (math.inf, None)
+        warmup = precise() if precise is not None and n_evals > FLOAT32_WARMUP_EVALS else objective
 
         def closure() -> torch.Tensor:
             nonlocal count, best
@@ -270,7 +283,7 @@ class StyleEngine:
             with torch.no_grad():  # keep the image a valid picture, as the tutorial does
                 x.clamp_(0, 1)
             x.grad = None
-            loss, parts = objective(self._prepare(x))
+            loss, parts = (warmup if count < FLOAT32_WARMUP_EVALS else objective)(self._prepare(x))
             loss.backward()
             count += 1
             value = float(loss.detach())
@@ -339,4 +352,5 @@ def diverged_message(parts: dict[str, torch.Tensor], weights: tuple[float, float
 
 class _BudgetSpent(Exception):
     """Raised inside the L-BFGS closure when a stage's evaluations are spent."""
+
 

@@ -57,14 +57,18 @@ class Objective:
     """The loss of one scale: content features, blended style Gram targets and the balance computed once.
 
     The balance is relative (docs/style.md, "Balance"). Each term is measured as a fraction of the distance between
-    the photo and the painting, per layer, then averaged over its layers:
-    - content: MSE(features, photo's) / MSE(painting's features, photo's), the painting resized to the photo's frame
-      (`styles_framed`): 0 at the photo, 1 as far from it as the painting itself;
-    - style: Gram MSE(image, painting) / Gram MSE(photo, painting): 1 at the photo, 0 with the painting's statistics.
+    the photo and the painting, summed over its layers as the tutorial sums them:
+    - content: sum of MSE(features, photo's) / sum of MSE(painting's features, photo's), the painting resized to the
+      photo's frame (`styles_framed`): 0 at the photo, 1 as far from it as the painting itself;
+    - style: sum of Gram MSE(image, painting) / sum of Gram MSE(photo, painting): 1 at the photo, 0 with the
+      painting's statistics.
     Both are dimensionless, whatever the painting's contrast, the photo's brightness or the size, so `style_weight`
-    is a ratio (how much one unit of style is worth against one unit of content), larger meaning more style.
+    is a ratio (how much one unit of style is worth against one unit of content), larger meaning more style. One
+    normaliser per term, not one per layer: the layers keep the tutorial's relative weights (the deeper layers'
+    larger Gram distances dominate), so the optimiser does not spend the photo on driving the first layers' colour
+    statistics far below what the painting needs (measured in docs/style.md).
     A blend uses the blended Gram targets and the blend-weighted mean of the paintings' content distances. The
-    normalisers are floored at 1e-3 of the target's mean square (a painting equal to the photo)."""
+    normalisers are floored at 1e-3 of the targets' mean square (a painting equal to the photo)."""
 
     def __init__(self, vgg: VGG19Features, content: torch.Tensor, styles: Sequence[torch.Tensor],
                  blend: Sequence[float], content_layers: Sequence[str], style_layers: Sequence[str],
@@ -93,19 +97,14 @@ class Objective:
                                          self.content_layers)
                     for n in self.content_layers:
                         distances[n] = distances[n] + w * F.mse_loss(ffeats[n].float(), self.content_targets[n])
-            self.content_scales = {
-                n: 1.0 / (len(self.content_layers) * _floored(distances[n], self.content_targets[n]))
-                for n in self.content_layers}
-            self.style_scales = {
-                n: 1.0 / (len(self.style_layers) * _floored(F.mse_loss(gram(feats[n]), self.gram_targets[n]),
-                                                            self.gram_targets[n]))
-                for n in self.style_layers}
+            self.content_scale = 1.0 / _floored([distances[n] for n in self.content_layers],
+                                                [self.content_targets[n] for n in self.content_layers])
+            photo_distances = [F.mse_loss(gram(feats[n]), self.gram_targets[n]) for n in self.style_layers]
+            self.style_scale = 1.0 / _floored(photo_distances, [self.gram_targets[n] for n in self.style_layers])
             # total variation relative to the photo's own: an image as rough as the photo scores 1
             self.tv_scale = 1.0 / max(float(tv_loss(content.float())), 1e-6) if tv_weight > 0 else 1.0
             if not relative:  # the tutorial's absolute losses (bench.style reproduces its objective with them)
-                self.content_scales = dict.fromkeys(self.content_scales, 1.0)
-                self.style_scales = dict.fromkeys(self.style_scales, 1.0)
-                self.tv_scale = 1.0
+                self.content_scale = self.style_scale = self.tv_scale = 1.0
 
     def _extract(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.vgg.extract(x.to(self.dtype), layers)
@@ -114,18 +113,21 @@ class Objective:
         content_weight, style_weight, tv_weight = self.weights
         feats = self._extract(x, self.layers)
         zero = x.new_zeros((), dtype=torch.float32)
-        c_loss = sum((F.mse_loss(feats[n].float(), self.content_targets[n]) * self.content_scales[n]
-                      for n in self.content_layers), zero)
-        s_loss = sum((gram_mse(feats[n], self.gram_targets[n]) * self.style_scales[n]
-                      for n in self.style_layers), zero)
+        c_loss = sum((F.mse_loss(feats[n].float(), self.content_targets[n]) for n in self.content_layers),
+                     zero) * self.content_scale
+        s_loss = sum((gram_mse(feats[n], self.gram_targets[n]) for n in self.style_layers), zero) * self.style_scale
         t_loss = tv_loss(x.float()) * self.tv_scale if tv_weight > 0 else zero
         total = content_weight * c_loss + style_weight * s_loss + tv_weight * t_loss
         return total, {"content": c_loss, "style": s_loss, "tv": t_loss, "total": total}
 
 
-def _floored(distance: torch.Tensor, target: torch.Tensor) -> float:
-    """A normaliser: the distance, kept at least 1e-3 of the target's mean square (and above 0)."""
-    return max(float(distance), 1e-3 * float(target.float().pow(2).mean()), 1e-12)
+def _floored(distances: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
+    """A term's normaliser: the sum of its layers' distances, kept at least 1e-3 of the sum of the targets' mean
+    squares (and above 0). 1.0 for a term with no layers."""
+    if not distances:
+        return 1.0
+    floor = 1e-3 * sum(float(t.float().pow(2).mean()) for t in targets)
+    return max(sum(float(d) for d in distances), floor, 1e-12)
 
 
 def _fit(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

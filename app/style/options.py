@@ -12,17 +12,17 @@ from models.vgg import LAYER_INDEX
 
 # Layer sets. DEFAULT_* fit the partial weights (conv1_1..conv3_4); GATYS_* need a full VGG-19 file.
 # The choice of the default is explained in docs/style.md (docs/style-layers.png compares the candidates).
-DEFAULT_CONTENT_LAYERS = ("relu2_2",)
-DEFAULT_STYLE_LAYERS = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1")
 TUTORIAL_CONTENT_LAYERS = ("conv2_2",)
 TUTORIAL_STYLE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1")
+DEFAULT_CONTENT_LAYERS = TUTORIAL_CONTENT_LAYERS
+DEFAULT_STYLE_LAYERS = TUTORIAL_STYLE_LAYERS
 GATYS_CONTENT_LAYERS = ("conv4_2",)
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 DEFAULT_SIZE_CPU = 256
 DEFAULT_SIZE_CUDA = 512
 DEFAULT_STEPS = 250
-DEFAULT_STYLE_WEIGHT = 3.0  # a ratio of relative losses (Objective; chosen by bench/style_grid.py, docs/style.md)
+DEFAULT_STYLE_WEIGHT = 1.5  # a ratio of relative losses (Objective; chosen by bench/style_grid.py, docs/style.md)
 DEFAULT_CONTENT_WEIGHT = 1.0
 DEFAULT_TV_WEIGHT = 0.0
 DEFAULT_INIT = "content"  # measured against "instant" by python -m bench.style --evals-to-yardstick (docs/instant-style.md)
