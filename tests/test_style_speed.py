@@ -12,6 +12,7 @@ from PIL import Image
 from app.style.engine import StyleEngine, native_bf16, pil_to_tensor, resolve_precision
 from app.style.losses import Objective, _GramMSE, gram, gram_mse
 from app.style.options import StyleParams, schedule
+from tests.test_style_engine import _image as smooth_picture
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_FILE = ROOT / "weights" / "vgg19_features_0-16.pth"
@@ -90,23 +91,12 @@ def test_a_job_still_makes_exactly_its_steps_at_every_scale(engines):
     assert [px for _, _, px in seen] == [px for px, n in stages for _ in range(n)]
 
 
-def _smooth_picture(w: int, h: int, seed: int) -> Image.Image:
-    """Gentle colour waves and a flat block: a photo with little texture, where the loss is flat at the start."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    base = np.stack([np.sin(6 * xx + rng.uniform(0, 3)), np.cos(5 * yy + rng.uniform(0, 3)),
-                     np.sin(4 * (xx + yy) + rng.uniform(0, 3))], axis=-1) * 0.4 + 0.5
-    base[h // 4: h // 2, w // 4: w // 2] = rng.uniform(0, 1, 3)
-    base += rng.normal(0, 0.05, base.shape)
-    return Image.fromarray((base.clip(0, 1) * 255).astype(np.uint8), "RGB")
-
-
 def test_bfloat16_jobs_do_not_stall_on_a_flat_start(engines):
     """A bfloat16 objective alone stalled L-BFGS here at the first steps (style stuck at 0.996 for all 12
     evaluations: the line search compared losses closer than bfloat16's rounding); the float32 warm-up of each
     stage lets it go on in bfloat16 as float32 does."""
-    content, style = _smooth_picture(80, 64, seed=1), _smooth_picture(64, 64, seed=2)
+    # gentle colour waves and a flat block (test_style_engine's pictures): little texture, a flat start
+    content, style = smooth_picture(80, 64, seed=1), smooth_picture(64, 64, seed=2)
     styles = {}
     for precision, engine in engines.items():
         seen = []
