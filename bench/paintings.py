@@ -6,6 +6,7 @@
 - strokes: random bright, saturated brush strokes (thick lines with round caps) on a black ground
 - poster:  a hard-edged poster: flat Voronoi cells in five saturated colours and white, black outlines
 - noise:   a noise texture: blocky random colour noise (4 px blocks), every block black, white or saturated
+- probes (not in the grid): stripes (12 px diagonal bands), checker (8 px black and white squares)
 
 Each is built from numpy and PIL only, with its own numpy seed, so tests and bench see the same pixels.
 """
@@ -72,9 +73,28 @@ def noise(size: tuple[int, int] = DEFAULT_SIZE, seed: int = 13, block: int = 4) 
     return Image.fromarray(small, "RGB").resize((bw * block, bh * block), Image.Resampling.NEAREST).crop((0, 0, w, h))
 
 
+def stripes(size: tuple[int, int] = DEFAULT_SIZE, band: int = 12) -> Image.Image:
+    """Diagonal hard-edged bands, orange and navy, `band` px wide (a probe: not in the grid)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    palette = np.array([(255, 60, 0), (0, 30, 90)], dtype=np.uint8)
+    return Image.fromarray(palette[((xx + yy) // band) % 2], "RGB")
+
+
+def checker(size: tuple[int, int] = DEFAULT_SIZE, square: int = 8) -> Image.Image:
+    """A black and white checkerboard of `square` px squares (a probe: not in the grid)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    grey = (((xx // square + yy // square) % 2) * 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+
+
 PAINTINGS = {"strokes": strokes, "poster": poster, "noise": noise}
+# Periodic patterns the balance is known to handle badly (docs/style.md, "Beyond the grid"): not grid columns, but
+# `python -m bench.style_grid --paintings stripes checker` runs them.
+PROBES = {"stripes": stripes, "checker": checker}
 
 
 def make_painting(name: str, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
-    """One generated painting by name ("strokes", "poster", "noise"); KeyError for another name."""
-    return PAINTINGS[name](size)
+    """One generated painting by name (PAINTINGS, then PROBES); KeyError for another name."""
+    return {**PAINTINGS, **PROBES}[name](size)
